@@ -1,0 +1,116 @@
+"""The ``vodbench`` command: generate, train, eval, ablate, report.
+
+Thin by design: each subcommand parses its arguments and calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+ABLATION_PACKAGE = "ablations"
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from harness.data.synthvid import ensure_synthvid
+
+    root = ensure_synthvid(preset=args.preset, seed=args.seed, root=args.root, force=args.force)
+    print(root)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from harness.config import RunConfig, from_dict, override
+    from harness.pipeline import run_experiment
+
+    config = from_dict(RunConfig, json.loads(Path(args.config).read_text())) if args.config else RunConfig()
+    changes = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        changes[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
+    if changes:
+        config = override(config, **changes)
+    row = run_experiment(config, runs_root=Path(args.runs), force=args.force)
+    print(json.dumps(row, indent=2, default=str))
+    return 0
+
+
+def _ablation_module(name: str):
+    try:
+        return importlib.import_module(f"{ABLATION_PACKAGE}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{ABLATION_PACKAGE}.{name}":
+            raise
+        known = sorted(p.stem for p in Path(__file__).resolve().parent.parent.joinpath(ABLATION_PACKAGE).glob("*.py")
+                       if not p.stem.startswith("_") and p.stem not in {"base", "__init__"})
+        raise SystemExit(f"vodbench: unknown ablation {name!r}; available: {', '.join(known)}") from None
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    module = _ablation_module(args.paper)
+    module.ABLATION.run(quick=args.quick, seeds=args.seeds, out=Path(args.out), force=args.force)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    folders = sorted(p for p in out.glob("*") if (p / "results.parquet").exists())
+    if args.papers:
+        folders = [f for f in folders if f.name.split("-")[0] in args.papers]
+    if not folders:
+        print(f"vodbench: no finished ablation under {out}", file=sys.stderr)
+        return 1
+    for folder in folders:
+        module = _ablation_module(folder.name.split("-")[0])
+        print(module.ABLATION.render(folder))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vodbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate the embedded SynthVID dataset (done on first use anyway)")
+    gen.add_argument("--preset", default="default", help="default | quick | tiny")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--root", default=None, help="where to write it (default: data/ or $VODBENCH_DATA)")
+    gen.add_argument("--force", action="store_true", help="regenerate even when complete")
+    gen.set_defaults(func=_generate)
+
+    train = sub.add_parser("train", help="train and evaluate one configuration (a run folder)")
+    train.add_argument("--config", help="RunConfig JSON (e.g. a run folder's config.json)")
+    train.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                       help='dotted overrides, e.g. model.aggregation.alignment=stsn phase2.steps=300')
+    train.add_argument("--runs", default="runs", help="runs root")
+    train.add_argument("--force", action="store_true")
+    train.set_defaults(func=_train)
+
+    from harness.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+    ablate = sub.add_parser("ablate", help="run a paper's ablations and write its report")
+    ablate.add_argument("paper", help="ablation module name, e.g. stsn")
+    ablate.add_argument("--quick", action="store_true", help="smaller data, fewer steps, one seed (smoke test)")
+    ablate.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the ablation's)")
+    ablate.add_argument("--out", default="results", help="results root")
+    ablate.add_argument("--force", action="store_true", help="redo finished runs")
+    ablate.set_defaults(func=_ablate)
+
+    report = sub.add_parser("report", help="re-render reports of finished ablations")
+    report.add_argument("papers", nargs="*")
+    report.add_argument("--out", default="results")
+    report.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""A tiny document model rendered to both Markdown and HTML.
+
+A report is a list of blocks (headings, paragraphs, tables, figures). The same list renders to
+``report.md`` and ``report.html`` so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Paragraph:
+    text: str
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame
+    caption: str = ""
+    float_format: str = "{:.1f}"
+
+
+@dataclass
+class Figure:
+    path: Path          # PNG, relative paths are resolved against the report folder
+    caption: str = ""
+
+
+@dataclass
+class Document:
+    title: str
+    blocks: list = field(default_factory=list)
+
+    def add(self, block) -> None:
+        self.blocks.append(block)
+
+    # --- Markdown ----------------------------------------------------------------------------
+    def to_markdown(self, folder: Path) -> str:
+        lines = [f"# {self.title}", ""]
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                lines += ["#" * block.level + " " + block.text, ""]
+            elif isinstance(block, Paragraph):
+                lines += [block.text, ""]
+            elif isinstance(block, Table):
+                if block.caption:
+                    lines += [f"*{block.caption}*", ""]
+                lines += [_format(block).to_markdown(index=False), ""]
+            elif isinstance(block, Figure):
+                rel = _relative(block.path, folder)
+                lines += [f"![{block.caption}]({rel})", "", f"*{block.caption}*" if block.caption else "", ""]
+        return "\n".join(lines)
+
+    # --- HTML --------------------------------------------------------------------------------
+    def to_html(self, folder: Path) -> str:
+        parts = [
+            "<!doctype html><html><head><meta charset='utf-8'>",
+            f"<title>{html.escape(self.title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+            "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+            "img{max-width:100%}.caption{color:#555;font-style:italic}</style></head><body>",
+            f"<h1>{html.escape(self.title)}</h1>",
+        ]
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+            elif isinstance(block, Paragraph):
+                parts.append(f"<p>{_inline_html(block.text)}</p>")
+            elif isinstance(block, Table):
+                if block.caption:
+                    parts.append(f"<p class='caption'>{html.escape(block.caption)}</p>")
+                parts.append(_format(block).to_html(index=False, border=0, escape=True, na_rep=""))
+            elif isinstance(block, Figure):
+                rel = _relative(block.path, folder)
+                parts.append(f"<figure><img src='{html.escape(str(rel))}'><figcaption class='caption'>"
+                             f"{html.escape(block.caption)}</figcaption></figure>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+    def write(self, folder: Path, stem: str = "report") -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        md, htm = folder / f"{stem}.md", folder / f"{stem}.html"
+        md.write_text(self.to_markdown(folder))
+        htm.write_text(self.to_html(folder))
+        return md, htm
+
+
+def _format(table: Table) -> pd.DataFrame:
+    """Floats formatted for display; NaN shown as empty."""
+    out = table.frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].map(lambda v: "" if pd.isna(v) else table.float_format.format(v))
+    return out
+
+
+def _relative(path: Path, folder: Path) -> Path:
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return path
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then render Markdown's `code` spans (the only inline markup the reports use)."""
+    escaped = html.escape(text)
+    pieces = escaped.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
