@@ -1,0 +1,27 @@
+import dataclasses
+
+import pytest
+
+from harness.config import RunConfig, SupportSpec, config_hash, from_dict, override, to_dict
+
+
+def test_override_dotted_paths_change_only_the_named_fields():
+    base = RunConfig()
+    changed = override(base, **{"model.head.nms_iou": 0.3, "phase2.steps": 7, "seed": 3})
+    assert changed.model.head.nms_iou == 0.3 and changed.phase2.steps == 7 and changed.seed == 3
+    # everything else is untouched, and the base is not mutated (frozen)
+    assert dataclasses.replace(changed, seed=base.seed, phase2=base.phase2, model=base.model) == base
+    assert base.model.head.nms_iou == 0.5
+
+
+def test_override_unknown_field_names_the_culprit():
+    with pytest.raises(KeyError, match="nms_iuo"):
+        override(RunConfig(), **{"model.head.nms_iuo": 0.3})
+
+
+def test_dict_round_trip_and_hash_stability():
+    config = override(RunConfig(), **{"data.test_support": SupportSpec("sliding", radius=4)})
+    restored = from_dict(RunConfig, to_dict(config))
+    assert restored == config
+    assert config_hash(restored) == config_hash(config)
+    assert config_hash(override(config, seed=1)) != config_hash(config)
