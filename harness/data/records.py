@@ -69,9 +69,10 @@ class VideoRecord:
     classes: tuple[str, ...]
     is_still: bool = False
     # Optional path of a ``.npz`` with ground-truth optical flow between consecutive frames
-    # (SynthVID only): array ``flow`` of shape (num_frames - 1, 2, h, w), in pixels of the
-    # full-resolution frame, mapping frame t to frame t+1 (forward flow), possibly at reduced
-    # resolution (``h, w`` smaller than the frame; scale the vectors' grid, not their values).
+    # (SynthVID only): float16 arrays ``flow`` (num_frames - 1, 2, h, w), the forward flow t -> t+1,
+    # and ``flow_backward`` (t+1 -> t), in pixels of the full-resolution frame, on a grid reduced by
+    # d = width / w (2 on the default preset): cell (i, j) stands for the full-resolution point
+    # ((j + 0.5) d - 0.5, (i + 0.5) d - 0.5), cv2.resize's convention.
     flow_path: str | None = None
 
     def __len__(self) -> int:
