@@ -1,0 +1,151 @@
+"""COCO-style AP (mmtracking, TransVOD, SparseVOD) through a maintained COCO evaluator.
+
+The third "mAP@0.5" in circulation: COCO AP50 with 101-point interpolated precision, at most 100
+detections per image and class, boxes as continuous coordinates (``w = x2 - x1``, no "+1").
+AP75 and AP50:95 come from the same run, and so does the AP-vs-IoU curve (0.50 .. 0.95).
+
+The ground truth and detections are handed to faster-coco-eval's ``COCOeval_faster`` as
+in-memory COCO dictionaries (pycocotools' ``COCOeval`` when faster-coco-eval is missing); no part
+of the COCO evaluation is re-implemented here, only read out of its ``precision`` array
+``(T iou, R recall, K class, A area, M maxDets)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from harness.eval.split import EvalSplit
+
+MAX_DETECTIONS = 100
+
+
+def _coco_backend():
+    """``(COCO, COCOeval, name)`` from faster-coco-eval, else from pycocotools."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, COCOeval_faster, "faster_coco_eval"
+    except ImportError:  # pragma: no cover - depends on the environment
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval, "pycocotools"
+
+
+def to_coco_dicts(split: EvalSplit) -> tuple[dict, list[dict]]:
+    """COCO ground-truth dataset and result list for ``split``.
+
+    Image ids are ``frame index + 1``, category ids ``label + 1``, boxes ``[x, y, w, h]`` with
+    ``w = x2 - x1`` (COCO's continuous convention).
+    """
+    images = [
+        {"id": i + 1, "width": int(w), "height": int(h), "file_name": f"{video}/{frame_id:06d}"}
+        for i, ((video, frame_id), (w, h)) in enumerate(
+            zip(split.frame_keys, split.frame_sizes.tolist(), strict=True)
+        )
+    ]
+    gt_xywh = np.concatenate([split.gt_boxes[:, :2], split.gt_boxes[:, 2:] - split.gt_boxes[:, :2]], axis=1)
+    annotations = [
+        {
+            "id": i + 1,
+            "image_id": frame + 1,
+            "category_id": label + 1,
+            "bbox": box,
+            "area": box[2] * box[3],
+            "iscrowd": 0,
+        }
+        for i, (frame, label, box) in enumerate(
+            zip(split.gt_frame.tolist(), split.gt_labels.tolist(), gt_xywh.tolist(), strict=True)
+        )
+    ]
+    categories = [{"id": c + 1, "name": name} for c, name in enumerate(split.classes)]
+    gt = {"images": images, "annotations": annotations, "categories": categories}
+    det_xywh = np.concatenate(
+        [split.det_boxes[:, :2], split.det_boxes[:, 2:] - split.det_boxes[:, :2]], axis=1
+    )
+    results = [
+        {"image_id": frame + 1, "category_id": label + 1, "bbox": box, "score": score}
+        for frame, label, box, score in zip(
+            split.det_frame.tolist(),
+            split.det_labels.tolist(),
+            det_xywh.tolist(),
+            split.det_scores.tolist(),
+            strict=True,
+        )
+    ]
+    return gt, results
+
+
+def run_coco_eval(split: EvalSplit):
+    """Run the COCO evaluator on ``split``; returns the evaluator after ``accumulate()``.
+
+    Returns ``None`` when there are no detections (pycocotools cannot load an empty result).
+    """
+    coco_cls, eval_cls, backend = _coco_backend()
+    gt, results = to_coco_dicts(split)
+    if not results:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = coco_cls(gt) if backend == "faster_coco_eval" else _pycocotools_from_dict(coco_cls, gt)
+        coco_dt = coco_gt.loadRes(results)
+        kwargs = {"print_function": lambda *args, **kw: None} if backend == "faster_coco_eval" else {}
+        evaluator = eval_cls(coco_gt, coco_dt, iouType="bbox", **kwargs)
+        evaluator.params.maxDets = [1, 10, MAX_DETECTIONS]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
+def _pycocotools_from_dict(coco_cls, dataset: dict):  # pragma: no cover - fallback backend
+    coco = coco_cls()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
+
+
+def evaluate_coco(split: EvalSplit) -> dict:
+    """COCO AP50, AP75, AP50:95 (percent), the AP-vs-IoU curve and per-class AP50.
+
+    Returns ``{"ap50", "ap75", "ap50_95", "ap_vs_iou": {"0.50": .., ..., "0.95": ..},
+    "per_class_ap50": {name: ap}, "classes_without_gt": [names]}``. Means are over classes with
+    ground truth (COCO marks the others -1); all values are ``None`` when no class has any.
+    """
+    has_gt = np.bincount(split.gt_labels, minlength=len(split.classes)) > 0
+    iou_thresholds = np.linspace(0.5, 0.95, 10)
+    without_gt = [name for name, present in zip(split.classes, has_gt, strict=True) if not present]
+    evaluator = run_coco_eval(split)
+    if evaluator is None:
+        # No detections at all: every class with ground truth has AP 0 at every IoU.
+        per_iou_class = np.where(has_gt[None, :], 0.0, -1.0).repeat(len(iou_thresholds), axis=0)
+    else:
+        params = evaluator.params
+        precision = np.asarray(evaluator.eval["precision"])  # (T, R, K, A, M)
+        area_all = list(params.areaRngLbl).index("all")
+        max_det = list(params.maxDets).index(MAX_DETECTIONS)
+        by_class = precision[:, :, :, area_all, max_det]  # (T, R, K)
+        valid = (by_class > -1).all(axis=1)  # (T, K): COCO fills -1 for classes without GT
+        per_iou_class = np.where(valid, by_class.mean(axis=1), -1.0)  # (T, K)
+        category_ids = list(params.catIds)
+        if category_ids != list(range(1, len(split.classes) + 1)):
+            raise RuntimeError(f"COCO evaluator reordered the categories: {category_ids}")
+    per_iou_class = 100.0 * per_iou_class
+    has = per_iou_class[0] >= 0
+
+    def mean_over_classes(values: np.ndarray) -> float | None:
+        return float(values[has].mean()) if has.any() else None
+
+    curve = {f"{t:.2f}": mean_over_classes(per_iou_class[i]) for i, t in enumerate(iou_thresholds)}
+    ap50_95 = float(per_iou_class[:, has].mean()) if has.any() else None
+    return {
+        "ap50": curve["0.50"],
+        "ap75": curve["0.75"],
+        "ap50_95": ap50_95,
+        "ap_vs_iou": curve,
+        "per_class_ap50": {
+            name: float(per_iou_class[0, k]) for k, name in enumerate(split.classes) if has[k]
+        },
+        "classes_without_gt": without_gt,
+    }
