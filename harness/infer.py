@@ -1,0 +1,298 @@
+"""Inference over a split with a sliding feature buffer: every frame goes through the backbone once.
+
+For each video the engine knows, before it starts, which support frames every reference frame
+will use (``harness.data.sampling.support_indices`` with the test-time :class:`SupportSpec`,
+deterministic, both boundary modes), hence the last reference that needs each frame. Features of
+a frame are computed the first time any reference needs them, kept while a later reference still
+needs them and dropped after their last use. A sliding window (``"sliding"`` / ``"buffer_uniform"``)
+therefore keeps only about ``2 * radius + 1`` frames of a long video in memory, and whole-video
+strategies keep what they must.
+
+References of up to ``batch_videos`` videos are processed together: one backbone call per
+iteration on all frames the batch newly needs, one aggregator call and one head call on the
+batch of references. A finished video's slot is refilled with the next video.
+
+Window aggregators (``aggregator.mode == "window"``) go through :func:`predict_window_videos`.
+Stream aggregators (LSTS keyframe memory) need frames fed one by one through
+``aggregator.step``; their engine is a separate function, :func:`predict_stream_videos`, to be
+written with the LSTS issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from harness.data.records import Detections, FrameDetections, FrameRecord, VideoRecord
+
+# collect(frames of the batch's references, offsets (B, T) int64, AggregationOutput.aux)
+CollectFn = Callable[[list[FrameRecord], Tensor, dict[str, Tensor]], None]
+# load(video, frame position) -> (uint8 image (3, S, S), letterbox scale = S / max(width, height))
+FrameLoader = Callable[[VideoRecord, int], tuple[Tensor, float]]
+
+
+def build_frame_loader(cache: Any, image_size: int) -> FrameLoader:
+    """Wrap a ``harness.data.cache.FrameCache`` (a new in-memory one when None) as a loader."""
+    if cache is None:
+        from harness.data.cache import FrameCache
+
+        cache = FrameCache(image_size)
+    if getattr(cache, "image_size", image_size) != image_size:
+        raise ValueError(f"frame cache letterboxes to {cache.image_size}, but image_size={image_size}")
+
+    def load(video: VideoRecord, index: int) -> tuple[Tensor, float]:
+        array = np.asarray(cache.frame(video, index))
+        if array.shape != (3, image_size, image_size) or array.dtype != np.uint8:
+            raise ValueError(
+                f"{video.frames[index].image_path}: frame cache returned {array.dtype} {array.shape}, "
+                f"expected uint8 (3, {image_size}, {image_size})"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array)), float(cache.scale(video.frames[index]))
+
+    return load
+
+
+def plan_supports(num_frames: int, support: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Support indices of every reference and the last reference that needs each frame.
+
+    Returns:
+        supports (num_frames, T) int64: ``support_indices(r, num_frames, support)`` per row;
+        last_use (num_frames,) int64: the largest reference index whose window includes the frame
+        (itself as reference or as a support).
+    """
+    from harness.data.sampling import support_indices
+
+    rows = [np.asarray(support_indices(r, num_frames, support), dtype=np.int64) for r in range(num_frames)]
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise ValueError(f"support_indices returned varying lengths {sorted(lengths)} for {support}")
+    supports = np.stack(rows) if rows else np.zeros((0, 0), np.int64)
+    if supports.size and (supports.min() < 0 or supports.max() >= num_frames):
+        raise ValueError(f"support_indices returned indices outside [0, {num_frames}) for {support}")
+    last_use = np.arange(num_frames, dtype=np.int64)
+    for reference in range(num_frames):
+        last_use[supports[reference]] = np.maximum(last_use[supports[reference]], reference)
+    return supports, last_use
+
+
+@dataclass
+class _VideoCursor:
+    """One video in flight: its next reference and the features still needed."""
+
+    video: VideoRecord
+    supports: np.ndarray  # (num_frames, T)
+    last_use: np.ndarray  # (num_frames,)
+    frame_ids: np.ndarray  # (num_frames,) frame_id of each position
+    next_reference: int = 0
+    features: dict[int, Tensor] = field(default_factory=dict)  # frame index -> (C, H, W)
+    images: dict[int, Tensor] = field(default_factory=dict)  # frame index -> (3, S, S) uint8
+    scales: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.next_reference >= len(self.video)
+
+    def evict(self, reference: int) -> None:
+        """Drop frames whose last use was ``reference`` or earlier."""
+        for index in [i for i in self.features if self.last_use[i] <= reference]:
+            del self.features[index]
+            self.images.pop(index, None)
+
+
+def to_original_pixels(boxes: Tensor, *, scale: float, frame: FrameRecord) -> np.ndarray:
+    """Letterboxed boxes ``(D, 4)`` -> original-frame pixels, clipped to the frame."""
+    boxes = boxes.float().cpu() / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, frame.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, frame.height)
+    return boxes.numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def predict_window_videos(
+    detector: Any,
+    videos: list[VideoRecord],
+    *,
+    support: Any,
+    image_size: int,
+    load_frame: FrameLoader,
+    batch_videos: int,
+    device: torch.device,
+    progress_bar: Any,
+    collect: CollectFn | None = None,
+    oracle_flow_fn: Callable[[VideoRecord, int, np.ndarray, int], np.ndarray] | None = None,
+) -> Detections:
+    """Sliding-buffer inference for window aggregators (see the module docstring)."""
+    needs_images = bool(detector.aggregator.needs_images)
+    needs_flow = bool(detector.aggregator.needs_oracle_flow)
+    if needs_flow and oracle_flow_fn is None:
+        raise ValueError("the aggregator needs oracle flow but no oracle_flow_fn was given")
+    pending: Iterable[VideoRecord] = iter(videos)
+    active: list[_VideoCursor] = []
+    detections: Detections = {}
+
+    def refill() -> None:
+        while len(active) < batch_videos:
+            video = next(pending, None)
+            if video is None:
+                return
+            if len(video) == 0:
+                continue
+            supports, last_use = plan_supports(len(video), support)
+            frame_ids = np.array([frame.frame_id for frame in video.frames], np.int64)
+            active.append(
+                _VideoCursor(video=video, supports=supports, last_use=last_use, frame_ids=frame_ids)
+            )
+
+    refill()
+    while active:
+        # 1. backbone on every frame the current references need and nobody has computed yet
+        missing: list[tuple[_VideoCursor, int]] = []
+        for cursor in active:
+            reference = cursor.next_reference
+            for index in dict.fromkeys([reference, *cursor.supports[reference].tolist()]):
+                if index not in cursor.features:
+                    missing.append((cursor, index))
+        if missing:
+            loaded = [load_frame(cursor.video, index) for cursor, index in missing]
+            images = torch.stack([image for image, _ in loaded]).to(device)  # (M, 3, S, S)
+            features = detector.extract(images)  # (M, C, S/8, S/8)
+            for (cursor, index), feature, image, (_, scale) in zip(
+                missing, features, images, loaded, strict=True
+            ):
+                cursor.features[index] = feature
+                cursor.scales[index] = scale
+                if needs_images:
+                    cursor.images[index] = image
+        # 2. aggregation + head on the batch of references
+        references = [cursor.next_reference for cursor in active]
+        reference_feats = torch.stack(
+            [c.features[r] for c, r in zip(active, references, strict=True)]
+        )  # (B, C, H, W)
+        support_lists = [c.supports[r] for c, r in zip(active, references, strict=True)]
+        support_feats = torch.stack(
+            [
+                torch.stack([c.features[i] for i in s])
+                if len(s)
+                else reference_feats.new_zeros((0, *reference_feats.shape[1:]))
+                for c, s in zip(active, support_lists, strict=True)
+            ]
+        )  # (B, T, C, H, W)
+        # offsets in frame ids (as the training data has them), not positions: lists may skip frames
+        offsets = torch.as_tensor(
+            np.stack(
+                [
+                    c.frame_ids[s] - c.frame_ids[r]
+                    for c, s, r in zip(active, support_lists, references, strict=True)
+                ]
+            ),
+            device=device,
+        ).reshape(len(active), -1)  # (B, T)
+        valid = torch.ones(offsets.shape, dtype=torch.bool, device=device)
+        images = support_images = flow = None
+        if needs_images:
+            images = torch.stack([c.images[r] for c, r in zip(active, references, strict=True)])
+            support_images = torch.stack(
+                [torch.stack([c.images[i] for i in s]) for c, s in zip(active, support_lists, strict=True)]
+            )  # (B, T, 3, S, S)
+        if needs_flow:
+            flow = torch.stack(
+                [
+                    torch.as_tensor(oracle_flow_fn(c.video, r, s, image_size))
+                    for c, r, s in zip(active, references, support_lists, strict=True)
+                ]
+            ).to(device)  # (B, T, 2, S, S)
+        agg_out = detector.aggregate(
+            reference_feats,
+            support_feats,
+            offsets,
+            valid,
+            images=images,
+            support_images=support_images,
+            oracle_flow=flow,
+        )
+        frames = [c.video.frames[r] for c, r in zip(active, references, strict=True)]
+        if collect is not None:
+            collect(frames, offsets.cpu(), {k: v.detach().cpu() for k, v in agg_out.aux.items()})
+        for cursor, reference, frame, (boxes, scores, labels) in zip(
+            active, references, frames, detector.detect(agg_out, image_size), strict=True
+        ):
+            detections[(frame.video, frame.frame_id)] = FrameDetections(
+                boxes=to_original_pixels(boxes, scale=cursor.scales[reference], frame=frame),
+                scores=scores.float().cpu().numpy(),
+                labels=labels.cpu().numpy().astype(np.int64),
+            )
+            cursor.evict(reference)
+            cursor.next_reference += 1
+        progress_bar.update(len(active))
+        active[:] = [cursor for cursor in active if not cursor.done]
+        refill()
+    return detections
+
+
+def predict_stream_videos(detector: Any, videos: list[VideoRecord], **kwargs: Any) -> Detections:
+    """Frame-by-frame inference for stream aggregators (``init_state``/``step``): the LSTS issue."""
+    raise NotImplementedError(
+        f"{type(detector.aggregator).__name__} is a stream-mode aggregator; its inference engine "
+        "(frames fed one by one through aggregator.step with keyframe callbacks) is part of the LSTS issue"
+    )
+
+
+def predict_split(
+    detector: Any,
+    videos: list[VideoRecord],
+    *,
+    support: Any,
+    image_size: int,
+    cache: Any = None,
+    batch_videos: int = 4,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    collect: CollectFn | None = None,
+) -> Detections:
+    """Detections for every frame of ``videos`` in original-frame pixels.
+
+    Args:
+        detector: a :class:`~harness.model.detector.VideoDetector` (put in eval mode here).
+        videos: the split.
+        support: test-time ``SupportSpec`` (``support_indices`` decides the frames, deterministically).
+        image_size: letterboxed frame size S.
+        cache: a ``harness.data.cache.FrameCache`` for ``image_size`` (``frame(video, index)`` ->
+            uint8 (3, S, S), ``scale(frame)``); None = a fresh in-memory one.
+        batch_videos: videos whose references are batched together.
+        collect: called per batch with (reference frames, offsets (B, T), aux) so an ablation can
+            gather fusion weights or sampling offsets without the engine knowing what they are.
+    """
+    if batch_videos < 1:
+        raise ValueError(f"batch_videos must be >= 1, got {batch_videos}")
+    device = torch.device(device)
+    detector.eval().to(device)
+    load_frame = build_frame_loader(cache, image_size)
+    bar = tqdm(total=sum(len(v) for v in videos), desc="inference", unit="frame", disable=not progress)
+    try:
+        if detector.aggregator.mode == "stream":
+            return predict_stream_videos(detector, videos, support=support, image_size=image_size)
+        oracle_flow_fn = None
+        if detector.aggregator.needs_oracle_flow:
+            from harness.data.dataset import oracle_flow_for
+
+            oracle_flow_fn = oracle_flow_for
+        return predict_window_videos(
+            detector,
+            videos,
+            support=support,
+            image_size=image_size,
+            load_frame=load_frame,
+            batch_videos=batch_videos,
+            device=device,
+            progress_bar=bar,
+            collect=collect,
+            oracle_flow_fn=oracle_flow_fn,
+        )
+    finally:
+        bar.close()

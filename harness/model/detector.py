@@ -1,0 +1,265 @@
+"""The one detector every method shares: backbone -> temporal aggregator -> head(s).
+
+The detector never names a method: the aggregator comes from
+``harness.aggregation.build_aggregator``; a method with several streams (SSVD) gets one head per
+stream and the streams' boxes are fused by class-wise NMS at ``box_fusion_iou`` (late fusion).
+
+Phase 1 (still-image detector) is this same model fed no supports (T = 0: the window aggregator
+returns the reference features unchanged). Phase 2 loads the phase-1 weights with
+:meth:`VideoDetector.load_phase1`: backbone and heads load strictly, the aggregator keeps its init.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext, build_aggregator
+from harness.model.backbone import ResNetBackbone
+from harness.model.head import FCOSHead
+
+DetectionTriple = tuple[Tensor, Tensor, Tensor]  # boxes (D, 4), scores (D,), labels (D,)
+
+
+class VideoDetector(nn.Module):
+    """Backbone + temporal aggregator + one dense head per aggregator stream.
+
+    Args:
+        backbone: images uint8 ``(N, 3, S, S)`` -> features ``(N, C, S/8, S/8)``.
+        aggregator: a :class:`~harness.aggregation.TemporalAggregator`.
+        heads: one head per name in ``aggregator.stream_names``.
+        box_fusion_iou: NMS IoU that fuses several streams' boxes.
+        max_detections: detections kept per frame after stream fusion.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: ResNetBackbone,
+        aggregator: TemporalAggregator,
+        heads: nn.ModuleDict,
+        box_fusion_iou: float = 0.5,
+        max_detections: int = 100,
+    ):
+        super().__init__()
+        if set(heads.keys()) != set(aggregator.stream_names):
+            raise ValueError(
+                f"heads {sorted(heads.keys())} must match the aggregator's streams "
+                f"{sorted(aggregator.stream_names)}"
+            )
+        self.backbone = backbone
+        self.aggregator = aggregator
+        self.heads = heads
+        self.box_fusion_iou = box_fusion_iou
+        self.max_detections = max_detections
+
+    @property
+    def feature_stride(self) -> int:
+        return self.backbone.feature_stride
+
+    def extract(self, images: Tensor) -> Tensor:
+        """uint8 images ``(N, 3, S, S)`` -> backbone features ``(N, C, S/8, S/8)``."""
+        return self.backbone(images)
+
+    def aggregate(
+        self,
+        reference_feats: Tensor,
+        support_feats: Tensor,
+        offsets: Tensor,
+        valid: Tensor,
+        *,
+        images: Tensor | None = None,
+        support_images: Tensor | None = None,
+        oracle_flow: Tensor | None = None,
+    ) -> AggregationOutput:
+        """Run the aggregator on ``reference_feats (B, C, H, W)`` and ``support_feats (B, T, C, H, W)``.
+
+        ``images (B, 3, S, S)`` / ``support_images (B, T, 3, S, S)`` uint8 are normalised and passed
+        on only when the aggregator declares ``needs_images``; ``oracle_flow (B, T, 2, S, S)`` only
+        when it declares ``needs_oracle_flow`` (an error when it is needed but missing).
+        """
+        reference_image = support_image_tensor = flow = None
+        if self.aggregator.needs_images and support_feats.shape[1] > 0:
+            if images is None or support_images is None:
+                raise ValueError(f"{type(self.aggregator).__name__} needs images but none were given")
+            batch, num_supports = support_images.shape[:2]
+            reference_image = self.backbone.normalize(images)
+            # (B, T, 3, S, S) -> (B*T, 3, S, S) -> normalise -> (B, T, 3, S, S)
+            support_image_tensor = self.backbone.normalize(support_images.flatten(0, 1)).unflatten(
+                0, (batch, num_supports)
+            )
+        if self.aggregator.needs_oracle_flow and support_feats.shape[1] > 0:
+            if oracle_flow is None:
+                raise ValueError(
+                    f"{type(self.aggregator).__name__} needs oracle flow: set data.with_oracle_flow=True"
+                )
+            flow = oracle_flow
+        context = TemporalContext(
+            reference=reference_feats,
+            supports=support_feats,
+            offsets=offsets,
+            valid=valid,
+            reference_image=reference_image,
+            support_images=support_image_tensor,
+            oracle_flow=flow,
+            feature_stride=self.feature_stride,
+        )
+        output = self.aggregator(context)
+        missing = set(self.aggregator.stream_names) - set(output.streams)
+        if missing:
+            raise RuntimeError(f"{type(self.aggregator).__name__} did not return streams {sorted(missing)}")
+        return output
+
+    def forward_batch(self, batch: Any) -> AggregationOutput:
+        """Backbone over reference + supports in one call, then aggregation (see :meth:`losses`)."""
+        images, support_images = batch.images, batch.support_images
+        num_refs, num_supports = support_images.shape[:2]
+        if images.shape[0] != num_refs:
+            raise ValueError(
+                f"images {tuple(images.shape)} and support_images {tuple(support_images.shape)} disagree"
+            )
+        # (B, 3, S, S) + (B, T, 3, S, S) -> (B + B*T, 3, S, S): one batched backbone call
+        all_images = torch.cat([images, support_images.flatten(0, 1)], dim=0)
+        all_feats = self.extract(all_images)
+        reference_feats = all_feats[:num_refs]
+        # (B*T, C, H, W) -> (B, T, C, H, W)
+        support_feats = all_feats[num_refs:].unflatten(0, (num_refs, num_supports))
+        return self.aggregate(
+            reference_feats,
+            support_feats,
+            batch.offsets,
+            batch.valid,
+            images=images,
+            support_images=support_images,
+            oracle_flow=batch.oracle_flow,
+        )
+
+    def losses(self, batch: Any) -> dict[str, Tensor]:
+        """Training losses for a ``harness.data.dataset.Batch``.
+
+        Every stream's head computes focal/GIoU/centerness losses; with one stream the terms are
+        ``loss_cls``, ``loss_box``, ``loss_centerness``; with several each is suffixed by the stream
+        name (``loss_cls_<stream>``). An aggregator may add its own terms as ``aux`` entries whose
+        key starts with ``loss_`` (scalars). The training loss is the sum of all returned values.
+        """
+        output = self.forward_batch(batch)
+        boxes = [b.float() for b in batch.boxes]
+        losses: dict[str, Tensor] = {}
+        single = len(self.heads) == 1
+        for name, head in self.heads.items():
+            for term, value in head.losses(head(output.streams[name]), boxes, batch.labels).items():
+                losses[term if single else f"{term}_{name}"] = value
+        for key, value in output.aux.items():
+            if key.startswith("loss_"):
+                losses[key] = value
+        return losses
+
+    @torch.no_grad()
+    def detect(self, agg_out: AggregationOutput, image_size: int) -> list[DetectionTriple]:
+        """Per reference, in letterboxed pixels: ``(boxes (D, 4), scores (D,), labels (D,))``.
+
+        Several streams: candidates after each head's own NMS are concatenated and fused by
+        class-wise NMS at ``box_fusion_iou`` (SSVD's late fusion).
+        """
+        per_stream = [
+            head.predict(head(agg_out.streams[name]), image_size) for name, head in self.heads.items()
+        ]
+        if len(per_stream) == 1:
+            return per_stream[0]
+        results = []
+        for triples in zip(*per_stream, strict=True):
+            boxes = torch.cat([t[0] for t in triples])
+            scores = torch.cat([t[1] for t in triples])
+            labels = torch.cat([t[2] for t in triples])
+            keep = batched_nms(boxes, scores, labels, self.box_fusion_iou)[: self.max_detections]
+            results.append((boxes[keep], scores[keep], labels[keep]))
+        return results
+
+    def load_phase1(self, checkpoint: Path | str | dict[str, Tensor]) -> list[str]:
+        """Load a phase-1 model's weights; return the keys left at their init (the aggregator's).
+
+        Every key of the checkpoint must exist here with the same shape (strict in that direction);
+        keys this model has and the checkpoint lacks are allowed only outside backbone and heads.
+        """
+        if isinstance(checkpoint, dict):
+            state = checkpoint
+        else:
+            payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            state = payload["model"] if "model" in payload else payload
+        state = self._spread_main_head(state)
+        result = self.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"phase-1 checkpoint has keys this detector lacks: {result.unexpected_keys[:10]}")
+        not_aggregator = [k for k in result.missing_keys if not k.startswith("aggregator.")]
+        if not_aggregator:
+            raise KeyError(f"phase-1 checkpoint lacks backbone/head keys: {not_aggregator[:10]}")
+        return list(result.missing_keys)
+
+    def _spread_main_head(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A phase-1 model has one ``main`` head; a multi-stream model starts every head from it."""
+        prefix = "heads.main."
+        if "main" in self.heads or not any(k.startswith(prefix) for k in state):
+            return state
+        spread = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        for name in self.heads:
+            spread.update(
+                {f"heads.{name}." + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        return spread
+
+
+class SingleFrameAggregator(TemporalAggregator):
+    """Pass-through for the still-image detector (phase 1, single-frame baseline): T must be 0.
+
+    Built without the registry, so a phase-1 checkpoint has no aggregator weights and is shared by
+    every method whose phase-1 configuration agrees.
+    """
+
+    def forward(self, ctx: TemporalContext) -> AggregationOutput:
+        ctx.validate()
+        if ctx.num_supports:
+            raise ValueError(f"the single-frame detector takes no supports, got T={ctx.num_supports}")
+        return AggregationOutput({"main": ctx.reference}, {})
+
+
+def build_detector(model: Any, *, single_frame: bool = False) -> VideoDetector:
+    """Build a :class:`VideoDetector` from a ``harness.config.ModelConfig`` (the config -> kwargs edge).
+
+    ``single_frame=True`` ignores ``model.aggregation`` and builds the phase-1 still-image detector
+    (a pass-through aggregator and one ``"main"`` head).
+    """
+    backbone = ResNetBackbone(
+        width=model.backbone.width,
+        depth=tuple(model.backbone.depth),
+        out_channels=model.backbone.out_channels,
+    )
+    if single_frame:
+        aggregator: TemporalAggregator = SingleFrameAggregator()
+    else:
+        aggregator = build_aggregator(model.aggregation, model.backbone.out_channels)
+    heads = nn.ModuleDict(
+        {
+            name: FCOSHead(
+                in_channels=model.backbone.out_channels,
+                num_classes=model.num_classes,
+                channels=model.head.channels,
+                num_convs=model.head.num_convs,
+                stride=backbone.feature_stride,
+                score_threshold=model.head.score_threshold,
+                nms_iou=model.head.nms_iou,
+                max_detections=model.head.max_detections,
+            )
+            for name in aggregator.stream_names
+        }
+    )
+    return VideoDetector(
+        backbone=backbone,
+        aggregator=aggregator,
+        heads=heads,
+        box_fusion_iou=aggregator.box_fusion_iou,
+        max_detections=model.head.max_detections,
+    )

@@ -1,0 +1,255 @@
+"""Sliding-buffer inference: equivalence with a naive per-frame loop, one backbone pass per frame,
+supports as planned, box mapping back to original pixels, collect hook, stream-mode error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import harness.infer
+from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext
+from harness.config import AggregationConfig, BackboneConfig, DataConfig, HeadConfig, ModelConfig, SupportSpec
+from harness.data.cache import FrameCache
+from harness.data.dataset import load_split, oracle_flow_for
+from harness.data.records import FrameRecord
+from harness.data.sampling import support_indices
+from harness.data.synthvid import ensure_synthvid
+from harness.infer import plan_supports, predict_split, to_original_pixels
+from harness.model.detector import build_detector
+
+IMAGE_SIZE = 32  # SynthVID tiny frames are 64x64: letterbox scale 0.5
+SLIDING = SupportSpec(strategy="sliding", radius=2, stride=1, boundary="pad")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = ensure_synthvid("tiny", seed=0, data_dir=tmp_path_factory.mktemp("synthvid"), progress=False)
+    return load_split(DataConfig(root=str(root)), "val")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_detector(num_classes: int, aggregation: AggregationConfig | None = None, single_frame: bool = False):
+    torch.manual_seed(0)
+    model = ModelConfig(
+        num_classes=num_classes,
+        backbone=BackboneConfig(width=8, depth=(1, 1), out_channels=16),
+        head=HeadConfig(channels=16, num_convs=1, score_threshold=0.0, max_detections=20),
+        aggregation=aggregation or AggregationConfig(alignment="identity", fusion="average"),
+    )
+    return build_detector(model, single_frame=single_frame).eval()
+
+
+class ReferenceOnly(TemporalAggregator):
+    """Returns the reference untouched whatever the supports: predictions must equal single-frame ones."""
+
+    def forward(self, ctx: TemporalContext) -> AggregationOutput:
+        ctx.validate()
+        return AggregationOutput({"main": ctx.reference}, {"num_supports": torch.tensor(ctx.num_supports)})
+
+
+def _assert_same_detections(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].boxes, b[key].boxes, rtol=1e-5, atol=1e-4, err_msg=str(key))
+        np.testing.assert_allclose(a[key].scores, b[key].scores, rtol=1e-5, atol=1e-6, err_msg=str(key))
+        np.testing.assert_array_equal(a[key].labels, b[key].labels, err_msg=str(key))
+
+
+def naive_predict(detector, videos, support):
+    """Independent reference: every frame and each of its supports through the backbone on its own;
+    images and ground-truth flow passed whenever the aggregator declares it needs them."""
+    cache = FrameCache(IMAGE_SIZE)
+    result = {}
+    with torch.no_grad():
+        for video in videos:
+            for ref in range(len(video)):
+                supports = support_indices(ref, len(video), support)
+                frames = torch.from_numpy(np.stack([cache.frame(video, i) for i in [ref, *supports]]))
+                features = torch.cat([detector.extract(frame[None]) for frame in frames])
+                flow = None
+                if detector.aggregator.needs_oracle_flow:
+                    flow = torch.from_numpy(oracle_flow_for(video, ref, supports, IMAGE_SIZE))[None]
+                agg = detector.aggregate(
+                    features[:1],
+                    features[None, 1:],
+                    torch.as_tensor(supports - ref)[None],
+                    torch.ones((1, len(supports)), dtype=torch.bool),
+                    images=frames[:1],
+                    support_images=frames[None, 1:],
+                    oracle_flow=flow,
+                )
+                boxes, scores, labels = detector.detect(agg, IMAGE_SIZE)[0]
+                frame = video.frames[ref]
+                result[(frame.video, frame.frame_id)] = (
+                    to_original_pixels(boxes, scale=0.5, frame=frame),
+                    scores.numpy(),
+                    labels.numpy(),
+                )
+    return result
+
+
+@pytest.mark.parametrize(
+    "aggregation",
+    [
+        AggregationConfig(alignment="identity", fusion="average"),
+        AggregationConfig(
+            alignment="flow_warp", fusion="average", alignment_kwargs={"flow_source": "oracle"}
+        ),
+        AggregationConfig(
+            alignment="flow_warp", fusion="cosine_softmax", alignment_kwargs={"flow_source": "farneback"}
+        ),
+    ],
+    ids=["identity-average", "oracle-flow", "farneback-images"],
+)
+def test_matches_naive_per_frame_loop(videos, aggregation):
+    detector = make_detector(len(videos[0].classes), aggregation)
+    fast = predict_split(
+        detector, videos, support=SLIDING, image_size=IMAGE_SIZE, batch_videos=2, device="cpu", progress=False
+    )
+    slow = naive_predict(detector, videos, SLIDING)
+    assert fast.keys() == slow.keys()
+    for key, (boxes, scores, labels) in slow.items():
+        np.testing.assert_allclose(fast[key].boxes, boxes, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(fast[key].scores, scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(fast[key].labels, labels)
+
+
+def test_reference_only_aggregator_with_supports_equals_single_frame(videos):
+    detector = make_detector(len(videos[0].classes), single_frame=True)
+    single = predict_split(
+        detector, videos, support=SupportSpec(), image_size=IMAGE_SIZE, device="cpu", progress=False
+    )
+    detector.aggregator = ReferenceOnly()
+    seen = []
+    windowed = predict_split(
+        detector,
+        videos,
+        support=SLIDING,
+        image_size=IMAGE_SIZE,
+        device="cpu",
+        progress=False,
+        collect=lambda frames, offsets, aux: seen.append(aux["num_supports"]),
+    )
+    assert seen and all(int(n) == 4 for n in seen)
+    _assert_same_detections(windowed, single)
+
+
+def test_batching_videos_does_not_change_results(videos):
+    detector = make_detector(len(videos[0].classes))
+    one = predict_split(
+        detector, videos, support=SLIDING, image_size=IMAGE_SIZE, batch_videos=1, device="cpu", progress=False
+    )
+    many = predict_split(
+        detector, videos, support=SLIDING, image_size=IMAGE_SIZE, batch_videos=8, device="cpu", progress=False
+    )
+    _assert_same_detections(one, many)
+
+
+@pytest.mark.parametrize(
+    "support",
+    [
+        SLIDING,
+        SupportSpec(strategy="sliding", radius=6, stride=2, boundary="clamp"),
+        SupportSpec(strategy="buffer_uniform", num=4, radius=5, boundary="pad"),
+    ],
+)
+def test_each_frame_goes_through_the_backbone_once(videos, support):
+    detector = make_detector(len(videos[0].classes))
+    extracted = []
+    original = detector.extract
+    detector.extract = lambda images: extracted.append(images.shape[0]) or original(images)
+    predict_split(
+        detector, videos, support=support, image_size=IMAGE_SIZE, batch_videos=2, device="cpu", progress=False
+    )
+    assert sum(extracted) == sum(len(v) for v in videos)
+
+
+def test_buffer_keeps_only_the_window(videos, monkeypatch):
+    """Sliding radius 2: at most 5 frames' features are held per video (reference +- 2)."""
+    held = []
+    original = harness.infer._VideoCursor.evict
+
+    def recording_evict(self, reference):
+        held.append(len(self.features))
+        original(self, reference)
+
+    monkeypatch.setattr(harness.infer._VideoCursor, "evict", recording_evict)
+    predict_split(
+        make_detector(len(videos[0].classes)),
+        videos,
+        support=SLIDING,
+        image_size=IMAGE_SIZE,
+        device="cpu",
+        progress=False,
+    )
+    assert max(held) == 5 and len(held) == sum(len(v) for v in videos)
+
+
+def test_collect_sees_every_frame_once_with_planned_offsets(videos):
+    detector = make_detector(len(videos[0].classes))
+    seen = {}
+
+    def collect(frames, offsets, aux):
+        assert aux["fusion_weights"].shape[:2] == (len(frames), 1 + offsets.shape[1])
+        for frame, row in zip(frames, offsets, strict=True):
+            assert (frame.video, frame.frame_id) not in seen
+            seen[(frame.video, frame.frame_id)] = row.tolist()
+
+    predict_split(
+        detector,
+        videos,
+        support=SLIDING,
+        image_size=IMAGE_SIZE,
+        batch_videos=2,
+        device="cpu",
+        progress=False,
+        collect=collect,
+    )
+    for video in videos:
+        for ref, frame in enumerate(video.frames):
+            ids = [video.frames[i].frame_id for i in support_indices(ref, len(video), SLIDING)]
+            expected = [i - frame.frame_id for i in ids]
+            assert seen[(frame.video, frame.frame_id)] == expected
+
+
+def test_plan_supports_last_use_hand_computed():
+    """5 frames, sliding radius 1, pad: supports [0,1],[0,2],[1,3],[2,4],[3,4]; frame f is last used
+    by reference f+1 (the last frame by itself)."""
+    supports, last_use = plan_supports(5, SupportSpec(strategy="sliding", radius=1, boundary="pad"))
+    assert supports.tolist() == [[0, 1], [0, 2], [1, 3], [2, 4], [3, 4]]
+    assert last_use.tolist() == [1, 2, 3, 4, 4]
+
+
+def test_to_original_pixels_divides_by_scale_and_clips():
+    frame = FrameRecord(video="v", frame_id=0, image_path="x.jpg", width=64, height=48)
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [-2.0, 1.0, 3.0, 2.0]])
+    np.testing.assert_allclose(
+        to_original_pixels(boxes, scale=0.5, frame=frame), [[20, 20, 64, 48], [0, 2, 6, 4]]
+    )
+
+
+def test_stream_aggregator_is_left_for_lsts(videos):
+    detector = make_detector(len(videos[0].classes), single_frame=True)
+    detector.aggregator.mode = "stream"
+    with pytest.raises(NotImplementedError, match="LSTS"):
+        predict_split(detector, videos, support=SLIDING, image_size=IMAGE_SIZE, device="cpu", progress=False)
+
+
+def test_bad_arguments_raise(videos):
+    detector = make_detector(len(videos[0].classes))
+    with pytest.raises(ValueError, match="batch_videos"):
+        predict_split(
+            detector, videos, support=SLIDING, image_size=IMAGE_SIZE, batch_videos=0, progress=False
+        )
+    with pytest.raises(ValueError, match="letterboxes to 64"):
+        predict_split(
+            detector, videos, support=SLIDING, image_size=IMAGE_SIZE, cache=FrameCache(64), progress=False
+        )

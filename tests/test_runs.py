@@ -1,0 +1,269 @@
+"""Run folders end to end on SynthVID tiny: contents, skip, resume after a crash, shared phase 1,
+the single-frame baseline's phase 2, and the Parquet results table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import harness.infer
+import harness.pipeline
+import harness.train
+from harness.config import (
+    AggregationConfig,
+    BackboneConfig,
+    DataConfig,
+    EvalConfig,
+    HeadConfig,
+    ModelConfig,
+    RunConfig,
+    SupportSpec,
+    TrainConfig,
+    config_hash,
+    to_json,
+)
+from harness.data.dataset import load_split
+from harness.eval.detfile import read_devkit_detections
+from harness.eval.evaluate import evaluate
+from harness.eval.seqnms import seq_nms
+from harness.pipeline import evaluate_checkpoint, run_experiment, train_run, training_config
+from harness.runs import append_results, load_results, phase1_dir, run_dir, run_id, start_run
+from harness.train import read_metrics
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """SynthVID is generated under $VODBENCH_DATA: point it at a module temp dir."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VODBENCH_DATA", str(tmp_path_factory.mktemp("data")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_run(name="video", **changes) -> RunConfig:
+    steps = TrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2)
+    run = RunConfig(
+        name=name,
+        device="cpu",
+        data=DataConfig(
+            synth_preset="tiny",
+            image_size=32,
+            train_support=SupportSpec(strategy="random_window", num=2, radius=3),
+            test_support=SupportSpec(strategy="sliding", radius=2),
+        ),
+        model=ModelConfig(
+            num_classes=8,
+            backbone=BackboneConfig(width=8, depth=(1, 1), out_channels=16),
+            head=HeadConfig(channels=16, num_convs=1),
+            aggregation=AggregationConfig(alignment="identity", fusion="average"),
+        ),
+        phase1=steps,
+        phase2=steps,
+        eval=EvalConfig(motion=True, seq_nms=False),
+    )
+    return dataclasses.replace(run, **changes)
+
+
+def _folders(root, run):
+    """(training folder, evaluation folder of the default variant) of ``run``."""
+    training = run_dir(root, training_config(run))
+    return training, training / f"eval-test-{config_hash(run)}"
+
+
+def test_run_folder_contents_and_row(tmp_path, data_dir):
+    run = tiny_run()
+    row = run_experiment(run, runs_root=tmp_path, progress=False)
+    training, folder = _folders(tmp_path, run)
+    assert row["run_id"] == f"{run_id(run)}-test" and row["config_hash"] == config_hash(run)
+    for name in ("config.json", "env.json", "metrics.jsonl", "phase2/final.pt"):
+        assert (training / name).is_file(), name
+    for name in ("config.json", "env.json", "eval.json", "measure.json", "result.json", "DONE"):
+        assert (folder / name).is_file(), name
+    assert (folder / "config.json").read_text() == to_json(run)
+    assert (training / "config.json").read_text() == to_json(training_config(run))
+    env = json.loads((folder / "env.json").read_text())
+    assert {
+        "python",
+        "torch",
+        "torchvision",
+        "numpy",
+        "cupy",
+        "device_name",
+        "cpu_count",
+        "git_commit",
+        "git_dirty",
+        "hostname",
+        "time",
+    } <= set(env)
+    phases = [r["phase"] for r in read_metrics(training) if "event" not in r]
+    assert phases == [1] * 4 + [2] * 4
+    videos = load_split(run.data, run.data.val_split)
+    (detections_file,) = (training / "detections").glob("detections-*.txt")
+    detections = read_devkit_detections(detections_file, videos, progress=False)
+    assert len(detections) == sum(len(v) for v in videos)
+    evaluation = json.loads((folder / "eval.json").read_text())
+    assert row["devkit_map"] == evaluation["devkit"]["map"]
+    for key in (
+        "fixed_map",
+        "coco_ap50",
+        "coco_ap75",
+        "coco_ap50_95",
+        "devkit_motion_slow",
+        "devkit_motion_medium",
+        "devkit_motion_fast",
+        "fps",
+        "params_backbone",
+        "params_aggregation",
+        "params_head",
+        "flops_backbone",
+        "flops_aggregation",
+        "flops_head",
+        "train_seconds",
+    ):
+        assert key in row, key
+    assert json.loads((folder / "measure.json").read_text())["num_supports"] == 4
+
+
+def test_test_time_variants_share_training_and_seq_nms_shares_inference(tmp_path, data_dir, monkeypatch):
+    run = tiny_run()
+    checkpoint = train_run(run, runs_root=tmp_path, progress=False)
+    plain = evaluate_checkpoint(run, checkpoint, runs_root=tmp_path, variant="plain", progress=False)
+    wider = dataclasses.replace(
+        run, data=dataclasses.replace(run.data, test_support=SupportSpec("sliding", radius=3))
+    )
+    assert train_run(wider, runs_root=tmp_path, progress=False) == checkpoint  # same training config
+
+    def must_not_infer(*args, **kwargs):
+        raise AssertionError("inference was redone for a Seq-NMS-only variant")
+
+    with_seq_nms = dataclasses.replace(run, eval=EvalConfig(seq_nms=True))
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.infer, "predict_split", must_not_infer)
+        row = evaluate_checkpoint(
+            with_seq_nms, checkpoint, runs_root=tmp_path, variant="seqnms", progress=False
+        )
+    videos = load_split(run.data, run.data.val_split)
+    training, _ = _folders(tmp_path, run)
+    (detections_file,) = (training / "detections").glob("detections-*.txt")
+    expected = evaluate(
+        videos,
+        seq_nms(videos, read_devkit_detections(detections_file, videos, progress=False), progress=False),
+        protocols=("devkit",),
+        motion=False,
+        degradation=False,
+        progress=False,
+    )
+    assert row["devkit_map"] == pytest.approx(expected["devkit"]["map"])
+    assert row["run_id"] != plain["run_id"]
+
+
+def test_completed_run_is_skipped_and_force_redoes_it(tmp_path, data_dir, monkeypatch):
+    run = tiny_run()
+    row = run_experiment(run, runs_root=tmp_path, progress=False)
+    done = _folders(tmp_path, run)[1] / "DONE"
+    stamp = done.stat().st_mtime_ns
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a completed run was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.train, "build_phase_model", must_not_train)
+        patch.setattr(harness.pipeline, "load_trained", must_not_train)
+        assert run_experiment(run, runs_root=tmp_path, progress=False) == row
+    assert done.stat().st_mtime_ns == stamp
+    forced = run_experiment(run, runs_root=tmp_path, force=True, progress=False)
+    assert done.stat().st_mtime_ns != stamp
+    assert forced["devkit_map"] == row["devkit_map"]  # deterministic: the same numbers again
+
+
+def test_crash_keeps_finished_stages_and_resume_does_not_redo_them(tmp_path, data_dir, monkeypatch):
+    run = tiny_run()
+    training, folder = _folders(tmp_path, run)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.pipeline, "_evaluate", crash)
+        with pytest.raises(RuntimeError, match="evaluation crashed"):
+            run_experiment(run, runs_root=tmp_path, progress=False)
+    assert not (folder / "DONE").exists()
+    (detections_file,) = (training / "detections").glob("detections-*.txt")
+    assert (training / "phase2" / "final.pt").is_file()
+    detections_before = detections_file.read_text()
+
+    def must_not_infer(*args, **kwargs):
+        raise AssertionError("inference was redone")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.infer, "predict_split", must_not_infer)
+        row = run_experiment(run, runs_root=tmp_path, progress=False)
+    assert (folder / "DONE").is_file() and (folder / "env_1.json").is_file()
+    assert detections_file.read_text() == detections_before
+    assert "devkit_map" in row
+
+
+def test_phase1_is_shared_and_single_frame_baseline_is_finetuned(tmp_path, data_dir):
+    video = tiny_run()
+    single = tiny_run(
+        name="ssn",
+        data=dataclasses.replace(video.data, train_support=SupportSpec(), test_support=SupportSpec()),
+    )
+    oracle = tiny_run(name="oracle", data=dataclasses.replace(video.data, with_oracle_flow=True))
+    assert phase1_dir(tmp_path, video) == phase1_dir(tmp_path, single) == phase1_dir(tmp_path, oracle)
+    run_experiment(video, runs_root=tmp_path, progress=False)
+    phase1_final = phase1_dir(tmp_path, video) / "final.pt"
+    stamp = phase1_final.stat().st_mtime_ns
+    row = run_experiment(single, runs_root=tmp_path, progress=False)
+    assert phase1_final.stat().st_mtime_ns == stamp
+    assert len(list(tmp_path.glob("phase1-*"))) == 1
+    # the baseline gets the same phase-2 budget, with T = 0
+    phase2 = [r for r in read_metrics(_folders(tmp_path, single)[0] / "phase2") if "event" not in r]
+    assert len(phase2) == single.phase2.steps
+    assert row["params_aggregation"] == 0 and row["flops_aggregation"] == 0
+    assert phase1_dir(tmp_path, dataclasses.replace(video, seed=1)) != phase1_dir(tmp_path, video)
+
+
+def test_folder_with_other_config_is_refused(tmp_path):
+    run = tiny_run()
+    folder = run_dir(tmp_path, run)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(to_json(tiny_run(seed=5)))
+    with pytest.raises(ValueError, match="different configuration"):
+        start_run(folder, run)
+
+
+def test_append_results_replaces_same_run_id(tmp_path):
+    path = tmp_path / "results.parquet"
+    assert load_results(path).empty
+    append_results([{"run_id": "a", "map": 1.0}, {"run_id": "b", "map": 2.0}], path)
+    table = append_results([{"run_id": "b", "map": 3.0, "fps": 10.0}], path)
+    loaded = load_results(path)
+    pd.testing.assert_frame_equal(loaded, table)
+    assert sorted(zip(loaded["run_id"], loaded["map"], strict=True)) == [("a", 1.0), ("b", 3.0)]
+    with pytest.raises(ValueError, match="run_id"):
+        append_results([{"map": 1.0}], path)
+
+
+def test_without_phase2_the_video_detector_uses_phase1_weights(tmp_path, data_dir):
+    run = tiny_run(
+        name="nophase2",
+        phase2=TrainConfig(steps=0),
+        model=dataclasses.replace(
+            tiny_run().model, aggregation=AggregationConfig(alignment="identity", fusion="cosine_softmax")
+        ),
+    )
+    row = run_experiment(run, runs_root=tmp_path, progress=False)
+    assert not (_folders(tmp_path, run)[0] / "phase2").exists()
+    assert row["params_aggregation"] > 0

@@ -1,0 +1,226 @@
+"""Trainer: learning, determinism, resume after a crash, NaN handling, schedule, phase 2 init."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import (
+    BackboneConfig,
+    DataConfig,
+    HeadConfig,
+    ModelConfig,
+    RunConfig,
+    SupportSpec,
+    TrainConfig,
+)
+from harness.model.detector import VideoDetector
+from harness.train import (
+    FINAL_CHECKPOINT,
+    StepBatchSampler,
+    latest_checkpoint,
+    lr_factor,
+    read_metrics,
+    train_phase,
+)
+from tests.model.fakes import NUM_CLASSES, FakeDataset, fake_collate
+
+TINY_MODEL = ModelConfig(
+    num_classes=NUM_CLASSES,
+    backbone=BackboneConfig(width=8, depth=(1, 1), out_channels=16),
+    head=HeadConfig(channels=16, num_convs=1),
+)
+
+
+def tiny_run(steps: int = 8, checkpoint_every: int = 3, **phase1_changes) -> RunConfig:
+    phase = TrainConfig(
+        steps=steps,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        checkpoint_every=checkpoint_every,
+        schedule="cosine",
+        **phase1_changes,
+    )
+    return RunConfig(device="cpu", model=TINY_MODEL, phase1=phase, phase2=phase)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the CI machine has 2 shared cores; oversubscription only slows tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(run, out_dir, dataset=None, phase=1, **kwargs):
+    dataset = dataset if dataset is not None else FakeDataset(num_samples=8)
+    return train_phase(
+        run, phase=phase, out_dir=out_dir, dataset=dataset, collate_fn=fake_collate, progress=False, **kwargs
+    )
+
+
+def _losses(out_dir):
+    return [
+        {k: v for k, v in r.items() if not k.endswith("seconds")}
+        for r in read_metrics(out_dir)
+        if "event" not in r
+    ]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_loss_falls_on_easy_overfit(tmp_path):
+    run = dataclasses.replace(
+        tiny_run(),
+        phase1=TrainConfig(
+            steps=40, batch_size=4, lr=1e-2, warmup_steps=5, schedule="constant", checkpoint_every=100
+        ),
+    )
+    _train(run, tmp_path)
+    losses = [r["loss"] for r in _losses(tmp_path)]
+    assert len(losses) == 40
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.6 * first, (first, last)
+
+
+def test_metrics_records_and_summary(tmp_path):
+    final = _train(tiny_run(steps=4), tmp_path)
+    assert final == tmp_path / FINAL_CHECKPOINT
+    records = read_metrics(tmp_path)
+    steps = [r for r in records if "event" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for record in steps:
+        assert {
+            "phase",
+            "loss",
+            "loss_cls",
+            "loss_box",
+            "loss_centerness",
+            "lr",
+            "grad_norm",
+            "seconds",
+            "data_seconds",
+        } <= set(record)
+        assert record["loss"] == pytest.approx(
+            record["loss_cls"] + record["loss_box"] + record["loss_centerness"]
+        )
+    summary = records[-1]
+    assert summary["event"] == "summary" and summary["steps_timed"] == 4
+    assert summary["mean_step_seconds"] > summary["mean_data_seconds"] >= 0
+    assert 0 <= summary["data_fraction"] < 1
+
+
+def test_same_seed_same_metrics_and_weights(tmp_path):
+    a = _train(tiny_run(), tmp_path / "a")
+    b = _train(tiny_run(), tmp_path / "b")
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    for key, value in _weights(a).items():
+        torch.testing.assert_close(value, _weights(b)[key], rtol=0, atol=0)
+    c = _train(dataclasses.replace(tiny_run(), seed=1), tmp_path / "c")
+    assert _losses(tmp_path / "c") != _losses(tmp_path / "a")
+    assert c.exists()
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
+    reference = _train(tiny_run(), tmp_path / "straight")
+    crashing = FakeDataset(num_samples=8)
+    crashing.fail_at_call = 4 * 4 + 2  # during the batch of step 5; checkpoint at step 3 exists
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(tiny_run(), tmp_path / "resumed", dataset=crashing)
+    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint_0000003.pt"
+    assert not (tmp_path / "resumed" / FINAL_CHECKPOINT).exists()
+    resumed = _train(tiny_run(), tmp_path / "resumed")
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(value, _weights(resumed)[key], rtol=0, atol=0)
+    # the metrics file is the uninterrupted one (steps 4 logged before the crash are not doubled)
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+
+
+def test_finished_phase_is_not_redone(tmp_path):
+    final = _train(tiny_run(steps=2), tmp_path)
+    stamp = final.stat().st_mtime_ns
+    untouched = FakeDataset(num_samples=8)
+    assert _train(tiny_run(steps=2), tmp_path, dataset=untouched) == final
+    assert final.stat().st_mtime_ns == stamp and untouched.calls == 0
+
+
+def test_nan_loss_names_step_and_term_and_keeps_checkpoint(tmp_path, monkeypatch):
+    original = VideoDetector.losses
+    calls = []
+
+    def diverging_losses(self, batch):  # the 5th step's box loss diverges
+        losses = original(self, batch)
+        calls.append(1)
+        if len(calls) == 5:
+            losses["loss_box"] = losses["loss_box"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(VideoDetector, "losses", diverging_losses)
+    with pytest.raises(FloatingPointError, match=r"'loss_box'.*step 5"):
+        _train(tiny_run(), tmp_path)
+    saved = latest_checkpoint(tmp_path)
+    assert saved.name == "checkpoint_0000004.pt"
+    state = torch.load(saved, weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert [r["step"] for r in _losses(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_phase2_starts_from_phase1_with_supports(tmp_path):
+    phase1 = _train(tiny_run(steps=2), tmp_path / "p1")
+    run = dataclasses.replace(
+        tiny_run(steps=2),
+        data=DataConfig(train_support=SupportSpec(strategy="random_window", num=2, radius=3)),
+    )
+    final = _train(
+        run,
+        tmp_path / "p2",
+        dataset=FakeDataset(num_samples=8, num_supports=2),
+        phase=2,
+        init_checkpoint=phase1,
+    )
+    assert final.exists()
+    assert read_metrics(tmp_path / "p2")[0]["phase"] == 2
+
+
+def test_lr_schedule_values():
+    assert lr_factor(0, total_steps=100, warmup_steps=10, schedule="cosine") == pytest.approx(0.001)
+    assert lr_factor(10, total_steps=100, warmup_steps=10, schedule="cosine") == pytest.approx(1.0)
+    assert lr_factor(55, total_steps=100, warmup_steps=10, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, total_steps=100, warmup_steps=10, schedule="cosine") == pytest.approx(
+        0.0, abs=1e-12
+    )
+    assert lr_factor(80, total_steps=100, warmup_steps=10, schedule="step") == pytest.approx(0.1)
+    assert lr_factor(99, total_steps=100, warmup_steps=10, schedule="step") == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(50, total_steps=100, warmup_steps=10, schedule="linear")
+
+
+def test_step_sampler_is_a_function_of_the_step():
+    def batches(first, last, epoch):
+        return list(
+            StepBatchSampler(
+                dataset_size=10, batch_size=3, seed=5, epoch=epoch, first_step=first, last_step=last
+            )
+        )
+
+    full = batches(0, 3, epoch=0)
+    assert batches(1, 3, epoch=0) == full[1:]
+    assert sorted(sum(full, [])) == sorted(set(sum(full, [])))  # no repeats inside an epoch
+    assert batches(3, 6, epoch=1) != full
+    tiny = list(StepBatchSampler(dataset_size=2, batch_size=4, seed=0, epoch=0, first_step=0, last_step=1))
+    assert len(tiny[0]) == 4 and set(tiny[0]) == {0, 1}
+    with pytest.raises(ValueError, match="empty"):
+        StepBatchSampler(dataset_size=0, batch_size=4, seed=0, epoch=0, first_step=0, last_step=1)
+
+
+def test_bad_phase_raises(tmp_path):
+    with pytest.raises(ValueError, match="phase"):
+        _train(tiny_run(), tmp_path, phase=3)
