@@ -38,8 +38,16 @@ def bench(session: nox.Session) -> None:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"bench-{platform.machine()}-{platform.python_version()}.json"
     session.run(
-        "python", "-m", "pytest", "tests/benchmarks", "--benchmark-enable", "--benchmark-only",
-        f"--benchmark-json={json_path}", "-p", "no:xdist", *session.posargs,
+        "python",
+        "-m",
+        "pytest",
+        "tests/benchmarks",
+        "--benchmark-enable",
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        "-p",
+        "no:xdist",
+        *session.posargs,
     )
     session.run("python", "-m", "reports.bench", str(json_path), "--out", str(out))
 

@@ -92,30 +92,36 @@ class TemporalContext:
         if self.reference_image is not None and (
             self.reference_image.dim() != 4 or self.reference_image.shape[0] != b
         ):
-            raise ValueError(f"reference_image must be (B={b}, 3, Hi, Wi), got {tuple(self.reference_image.shape)}")
+            raise ValueError(
+                f"reference_image must be (B={b}, 3, Hi, Wi), got {tuple(self.reference_image.shape)}"
+            )
         if self.support_images is not None and tuple(self.support_images.shape[:2]) != (b, t):
-            raise ValueError(f"support_images must be (B={b}, T={t}, 3, Hi, Wi), got {tuple(self.support_images.shape)}")
+            raise ValueError(
+                f"support_images must be (B={b}, T={t}, 3, Hi, Wi), got {tuple(self.support_images.shape)}"
+            )
         if self.oracle_flow is not None and (
             tuple(self.oracle_flow.shape[:3]) != (b, t, 2) or self.oracle_flow.dim() != 5
         ):
-            raise ValueError(f"oracle_flow must be (B={b}, T={t}, 2, Hi, Wi), got {tuple(self.oracle_flow.shape)}")
+            raise ValueError(
+                f"oracle_flow must be (B={b}, T={t}, 2, Hi, Wi), got {tuple(self.oracle_flow.shape)}"
+            )
 
 
 @dataclass
 class AlignmentOutput:
-    features: Tensor                       # (B, T, C, H, W) supports on the reference grid
+    features: Tensor  # (B, T, C, H, W) supports on the reference grid
     aux: dict[str, Tensor] = field(default_factory=dict)  # e.g. "sampling_offsets", "flow"
 
 
 @dataclass
 class FusionOutput:
-    features: Tensor                       # (B, C, H, W)
-    weights: Tensor | None = None          # (B, 1 + T, H, W), index 0 = reference
+    features: Tensor  # (B, C, H, W)
+    weights: Tensor | None = None  # (B, 1 + T, H, W), index 0 = reference
 
 
 @dataclass
 class AggregationOutput:
-    streams: dict[str, Tensor]             # stream name -> (B, C, H, W); one head per stream
+    streams: dict[str, Tensor]  # stream name -> (B, C, H, W); one head per stream
     aux: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -134,7 +140,7 @@ class AggregationOutput:
 class Alignment(nn.Module):
     """Brings support features onto the reference grid: ``forward(ctx) -> AlignmentOutput``."""
 
-    needs_images: ClassVar[bool] = False       # the detector must fill ctx.*_image
+    needs_images: ClassVar[bool] = False  # the detector must fill ctx.*_image
     needs_oracle_flow: ClassVar[bool] = False  # the data pipeline must load ground-truth flow
 
     def __init__(self, channels: int):
@@ -159,9 +165,9 @@ class Fusion(nn.Module):
 class TemporalAggregator(nn.Module):
     """What the detector holds between backbone and head."""
 
-    mode: ClassVar[str] = "window"             # "window" or "stream"
+    mode: ClassVar[str] = "window"  # "window" or "stream"
     stream_names: tuple[str, ...] = ("main",)
-    box_fusion_iou: float = 0.5                # late fusion NMS IoU when there are several streams
+    box_fusion_iou: float = 0.5  # late fusion NMS IoU when there are several streams
     needs_images: bool = False
     needs_oracle_flow: bool = False
 
@@ -260,7 +266,7 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         _load_methods()
         prefix = f"{kind}:"
-        return sorted(k[len(prefix):] for k in self._entries if k.startswith(prefix))
+        return sorted(k[len(prefix) :] for k in self._entries if k.startswith(prefix))
 
 
 REGISTRY = Registry()

@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     changes = {}
     for item in args.set or []:
         key, _, value = item.partition("=")
-        changes[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
+        changes[key] = json.loads(value) if value[:1] in '[{0123456789-tfn"' else value
     if changes:
         config = override(config, **changes)
     row = run_experiment(config, runs_root=Path(args.runs), force=args.force)
@@ -44,8 +44,11 @@ def _ablation_module(name: str):
     except ModuleNotFoundError as error:
         if error.name != f"{ABLATION_PACKAGE}.{name}":
             raise
-        known = sorted(p.stem for p in Path(__file__).resolve().parent.parent.joinpath(ABLATION_PACKAGE).glob("*.py")
-                       if not p.stem.startswith("_") and p.stem not in {"base", "__init__"})
+        known = sorted(
+            p.stem
+            for p in Path(__file__).resolve().parent.parent.joinpath(ABLATION_PACKAGE).glob("*.py")
+            if not p.stem.startswith("_") and p.stem not in {"base", "__init__"}
+        )
         raise SystemExit(f"vodbench: unknown ablation {name!r}; available: {', '.join(known)}") from None
 
 
@@ -82,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train and evaluate one configuration (a run folder)")
     train.add_argument("--config", help="RunConfig JSON (e.g. a run folder's config.json)")
-    train.add_argument("--set", nargs="*", metavar="KEY=VALUE",
-                       help='dotted overrides, e.g. model.aggregation.alignment=stsn phase2.steps=300')
+    train.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. model.aggregation.alignment=stsn phase2.steps=300",
+    )
     train.add_argument("--runs", default="runs", help="runs root")
     train.add_argument("--force", action="store_true")
     train.set_defaults(func=_train)
@@ -94,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = sub.add_parser("ablate", help="run a paper's ablations and write its report")
     ablate.add_argument("paper", help="ablation module name, e.g. stsn")
-    ablate.add_argument("--quick", action="store_true", help="smaller data, fewer steps, one seed (smoke test)")
+    ablate.add_argument(
+        "--quick", action="store_true", help="smaller data, fewer steps, one seed (smoke test)"
+    )
     ablate.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the ablation's)")
     ablate.add_argument("--out", default="results", help="results root")
     ablate.add_argument("--force", action="store_true", help="redo finished runs")

@@ -20,12 +20,12 @@ from typing import Any, Literal
 # ---------------------------------------------------------------------------------------------
 
 SupportStrategy = Literal[
-    "none",            # single frame: no support frames
-    "random_window",   # FGFA/STSN/SSVD training: `num` frames drawn at random within +-`radius`
-    "fixed_stride",    # `num` frames at offsets +-stride, +-2*stride, ... (symmetric; `num` even)
-    "video_uniform",   # SELSA/SparseVOD: `num` frames drawn uniformly over the whole video
-    "clip",            # STMN: a clip of `num` frames at frame stride `stride`, reference in the middle
-    "sliding",         # test time: every frame within +-`radius` at `stride` (FGFA/STSN: T = 2*radius/stride + 1)
+    "none",  # single frame: no support frames
+    "random_window",  # FGFA/STSN/SSVD training: `num` frames drawn at random within +-`radius`
+    "fixed_stride",  # `num` frames at offsets +-stride, +-2*stride, ... (symmetric; `num` even)
+    "video_uniform",  # SELSA/SparseVOD: `num` frames drawn uniformly over the whole video
+    "clip",  # STMN: a clip of `num` frames at frame stride `stride`, reference in the middle
+    "sliding",  # test time: every frame within +-`radius` at `stride` (FGFA/STSN: T = 2*radius/stride + 1)
     "buffer_uniform",  # SSVD test time: `num` frames chosen uniformly from a buffer of 2*`radius`+1 frames
 ]
 
@@ -35,14 +35,17 @@ class SupportSpec:
     """How support frames are chosen around a reference frame.
 
     Offsets are in frames relative to the reference (negative = past). Near a video boundary,
-    ``boundary="pad"`` repeats the first/last frame (STSN, SSVD), ``"clamp"`` clamps indices
-    into the video (FGFA's right boundary); both keep the number of supports fixed.
+    ``boundary="pad"`` repeats the first/last frame (STSN, SSVD: indices clamped into the video),
+    ``"clamp"`` shifts the whole window into the video keeping its spacing (FGFA's behaviour at the
+    right boundary); both keep the number of supports fixed. For ``"clip"``, ``num`` counts the
+    frames of the clip including the reference, so it yields ``num - 1`` supports.
+    See ``harness.data.sampling.support_indices``.
     """
 
     strategy: SupportStrategy = "none"
-    num: int = 0            # number of support frames (excluding the reference)
-    radius: int = 0         # half window, in frames
-    stride: int = 1         # temporal stride between chosen frames
+    num: int = 0  # number of support frames (excluding the reference)
+    radius: int = 0  # half window, in frames
+    stride: int = 1  # temporal stride between chosen frames
     boundary: Literal["pad", "clamp"] = "pad"
 
 
@@ -50,20 +53,20 @@ class SupportSpec:
 class DataConfig:
     """Which dataset, which split and how frames are sampled."""
 
-    root: str | None = None          # VID-layout root; None = the embedded SynthVID (generated on first use)
+    root: str | None = None  # VID-layout root; None = the embedded SynthVID (generated on first use)
     format: Literal["vid", "cocovid"] = "vid"
-    cocovid_json: str | None = None  # with format="cocovid": the annotation file (frames found under `root`)
-    synth_preset: str = "default"    # SynthVID preset when root is None ("default", "quick", "tiny")
+    cocovid_json: str | None = None  # with format="cocovid": the annotation file, may contain "{split}"
+    synth_preset: str = "default"  # SynthVID preset when root is None ("default", "quick", "tiny")
     synth_seed: int = 0
     train_split: str = "train"
     val_split: str = "val"
-    train_list: str | None = None    # optional FGFA ImageSets list restricting training frames
+    train_list: str | None = None  # optional FGFA ImageSets list restricting training frames
     max_val_videos: int | None = None
-    image_size: int = 128            # frames are resized so the longer side equals this
+    image_size: int = 128  # frames are resized so the longer side equals this
     train_support: SupportSpec = SupportSpec()
     test_support: SupportSpec = SupportSpec()
-    still_fraction: float = 0.0      # phase 2: share of samples that are stills with copied supports
-    with_oracle_flow: bool = False   # load ground-truth flow reference->support (SynthVID only)
+    still_fraction: float = 0.0  # phase 2: share of samples that are stills with copied supports
+    with_oracle_flow: bool = False  # load ground-truth flow reference->support (SynthVID only)
     on_bad_input: Literal["raise", "skip"] = "raise"
 
 
@@ -76,7 +79,7 @@ class DataConfig:
 class BackboneConfig:
     """Small ResNet-style backbone; output stride 8."""
 
-    width: int = 32        # channels of the stem; doubled at each stage
+    width: int = 32  # channels of the stem; doubled at each stage
     depth: tuple[int, ...] = (1, 1, 1)  # residual blocks per stage
     out_channels: int = 64
 
@@ -146,6 +149,7 @@ class EvalConfig:
     motion: bool = True
     seq_nms: bool = False
     batch_videos: int = 4
+    measure: bool = True  # time the per-frame cost and count parameters/FLOPs (harness.measure)
 
 
 @dataclass(frozen=True)

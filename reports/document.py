@@ -33,7 +33,7 @@ class Table:
 
 @dataclass
 class Figure:
-    path: Path          # PNG, relative paths are resolved against the report folder
+    path: Path  # PNG, relative paths are resolved against the report folder
     caption: str = ""
 
 
@@ -84,8 +84,10 @@ class Document:
                 parts.append(_format(block).to_html(index=False, border=0, escape=True, na_rep=""))
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)
-                parts.append(f"<figure><img src='{html.escape(str(rel))}'><figcaption class='caption'>"
-                             f"{html.escape(block.caption)}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img src='{html.escape(str(rel))}'><figcaption class='caption'>"
+                    f"{html.escape(block.caption)}</figcaption></figure>"
+                )
         parts.append("</body></html>")
         return "\n".join(parts)
 

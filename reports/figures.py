@@ -13,11 +13,23 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 
-def line_with_spread(frame: pd.DataFrame, *, x: str, y: str, path: Path, xlabel: str, ylabel: str,
-                     title: str, hue: str | None = None, paper: dict[float, float] | None = None) -> Path:
+def line_with_spread(
+    frame: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hue: str | None = None,
+    paper: dict[float, float] | None = None,
+) -> Path:
     """Mean over seeds with a ±1 std band; the paper's values as a second axis-aligned series if given."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, label=None if hue else "harness")
+    sns.lineplot(
+        data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, label=None if hue else "harness"
+    )
     if paper:
         ax2 = ax.twinx()
         xs = sorted(paper)
@@ -48,7 +60,9 @@ def weights_by_offset(frame: pd.DataFrame, *, path: Path, title: str) -> Path:
     return path
 
 
-def sampling_locations(examples: list[dict], *, image_for, path: Path, title: str, max_examples: int = 4) -> Path:
+def sampling_locations(
+    examples: list[dict], *, image_for, path: Path, title: str, max_examples: int = 4
+) -> Path:
     """Reference frame with its box, and each support frame with the sampled points at the box centre.
 
     ``image_for(example, offset)`` returns the RGB uint8 image of the support frame at that offset."""
@@ -56,7 +70,9 @@ def sampling_locations(examples: list[dict], *, image_for, path: Path, title: st
     if not examples:
         raise ValueError("no sampling examples were collected")
     columns = 1 + max(len(e["support_offsets"]) for e in examples)
-    fig, axes = plt.subplots(len(examples), columns, figsize=(2.4 * columns, 2.4 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(examples), columns, figsize=(2.4 * columns, 2.4 * len(examples)), squeeze=False
+    )
     for r, example in enumerate(examples):
         x1, y1, x2, y2 = example["box"]
         axes[r, 0].imshow(image_for(example, 0))

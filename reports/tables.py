@@ -2,7 +2,7 @@
 
 Column names of the results table (``results.parquet``, one row per variant x seed) follow
 ``harness.pipeline.flatten_metrics``: ``devkit_map``, ``fixed_map``, ``coco_ap50``, ``coco_ap75``,
-``coco_ap50_95``, ``devkit_slow``/``devkit_medium``/``devkit_fast``, ``devkit_clean``/``devkit_degraded``.
+``coco_ap50_95``, ``devkit_motion_slow``/``_medium``/``_fast``, ``degradation_devkit_clean``/``_degraded``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ ACCURACY_COLUMNS = {
     "coco_ap50": "COCO AP50",
     "coco_ap75": "COCO AP75",
     "coco_ap50_95": "COCO AP50:95",
-    "devkit_slow": "slow (devkit)",
-    "devkit_medium": "medium (devkit)",
-    "devkit_fast": "fast (devkit)",
-    "devkit_clean": "clean GT (devkit)",
-    "devkit_degraded": "degraded GT (devkit)",
+    "devkit_motion_slow": "slow (devkit)",
+    "devkit_motion_medium": "medium (devkit)",
+    "devkit_motion_fast": "fast (devkit)",
+    "degradation_devkit_clean": "clean GT (devkit)",
+    "degradation_devkit_degraded": "degraded GT (devkit)",
 }
 
 DEFINITIONS_NOTE = (
@@ -31,8 +31,14 @@ DEFINITIONS_NOTE = (
 )
 
 
-def summarise(results: pd.DataFrame, variants: list[str], *, columns: dict[str, str] | None = None,
-              paper: dict[str, float] | None = None, paper_label: str = "paper mAP@0.5 (VID)") -> pd.DataFrame:
+def summarise(
+    results: pd.DataFrame,
+    variants: list[str],
+    *,
+    columns: dict[str, str] | None = None,
+    paper: dict[str, float] | None = None,
+    paper_label: str = "paper mAP@0.5 (VID)",
+) -> pd.DataFrame:
     """Mean ± std over seeds for each variant (in the given order) and metric column."""
     columns = columns or ACCURACY_COLUMNS
     present = [c for c in columns if c in results.columns]

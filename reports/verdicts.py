@@ -27,13 +27,13 @@ HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 class Claim:
     """One sentence of the paper reduced to a comparison of two measured quantities."""
 
-    text: str                      # the paper's claim, in words
-    a: str                         # name of quantity a (a key of the measurements)
-    b: str                         # name of quantity b
+    text: str  # the paper's claim, in words
+    a: str  # name of quantity a (a key of the measurements)
+    b: str  # name of quantity b
     kind: Literal["greater", "not_worse"] = "greater"
-    margin: float = 0.0            # greater: a must exceed b by more than this
-    tolerance: float = 1.0         # not_worse: a may be at most this much below b
-    paper: str = ""                # the paper's numbers behind the claim
+    margin: float = 0.0  # greater: a must exceed b by more than this
+    tolerance: float = 1.0  # not_worse: a may be at most this much below b
+    paper: str = ""  # the paper's numbers behind the claim
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ from harness.config import AggregationConfig
 
 def _ctx(b=2, t=3, c=4, h=5, w=6):
     return TemporalContext(
-        reference=torch.randn(b, c, h, w), supports=torch.randn(b, t, c, h, w),
-        offsets=torch.zeros(b, t, dtype=torch.long), valid=torch.ones(b, t, dtype=torch.bool),
+        reference=torch.randn(b, c, h, w),
+        supports=torch.randn(b, t, c, h, w),
+        offsets=torch.zeros(b, t, dtype=torch.long),
+        valid=torch.ones(b, t, dtype=torch.bool),
     )
 
 

@@ -1,0 +1,121 @@
+"""Collectors: gather a method's intermediate outputs at object centres during inference.
+
+The inference engine (``harness.infer.predict_split``) calls ``collector(frames, offsets, aux)`` for
+every batch of reference frames, where ``frames`` are the references' ``FrameRecord`` s (ground truth
+in original pixels), ``offsets`` (B, T) the supports' time offsets and ``aux`` the aggregation's
+auxiliary outputs. It does not know what they mean; these classes do. Each exposes ``count`` (how
+many object centres it saw) and ``summary()`` (JSON-serialisable) for the report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+def _centre_cells(frame, image_size: int, height: int, width: int) -> list[tuple[int, int, int]]:
+    """(object index, row, column) of each GT box centre on the (height, width) feature grid."""
+    scale = image_size / max(frame.width, frame.height)
+    stride_y, stride_x = image_size / height, image_size / width
+    cells = []
+    for index, (x1, y1, x2, y2) in enumerate(np.asarray(frame.boxes)):
+        cx, cy = (x1 + x2) / 2 * scale, (y1 + y2) / 2 * scale
+        cells.append((index, min(int(cy // stride_y), height - 1), min(int(cx // stride_x), width - 1)))
+    return cells
+
+
+class FusionWeightsByOffset:
+    """Mean fusion weight at object centres as a function of the support's time offset k
+    (STSN Fig. 3 right). Uses ``aux["fusion_weights"]`` (B, 1 + T, H, W), index 0 = reference (k=0).
+
+    Padded copies at a video boundary carry an offset of the frame they copy, so only supports whose
+    true offset equals their nominal slot are counted (the engine passes true offsets)."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+        self.sums: dict[int, float] = defaultdict(float)
+        self.counts: dict[int, int] = defaultdict(int)
+        self.count = 0
+
+    def __call__(self, frames, offsets: torch.Tensor, aux: dict) -> None:
+        weights = aux.get("fusion_weights")
+        if weights is None:
+            return
+        weights = weights.detach().float().cpu()
+        offsets = offsets.detach().cpu()
+        _, slots, height, width = weights.shape
+        for b, frame in enumerate(frames):
+            for _, row, col in _centre_cells(frame, self.image_size, height, width):
+                self.count += 1
+                self.sums[0] += float(weights[b, 0, row, col])
+                self.counts[0] += 1
+                for t in range(slots - 1):
+                    k = int(offsets[b, t])
+                    self.sums[k] += float(weights[b, 1 + t, row, col])
+                    self.counts[k] += 1
+
+    def summary(self) -> dict:
+        return {
+            "mean_weight_by_offset": {str(k): self.sums[k] / self.counts[k] for k in sorted(self.counts)},
+            "centres": self.count,
+        }
+
+
+class SamplingLocations:
+    """Where a deformable alignment samples the support frame around object centres (STSN Fig. 4).
+
+    Uses ``aux["sampling_offsets"]`` (B, T, 2 * kh * kw * G, H, W) in torchvision's (dy, dx) per-tap
+    order, for a ``kernel`` x ``kernel`` deformable convolution of dilation 1 on the feature grid.
+    Keeps the first ``limit`` centres: reference frame path, support frame paths, the centre and the
+    sampled points of the first deformable group, in original image pixels."""
+
+    def __init__(self, image_size: int, kernel: int = 3, limit: int = 8):
+        self.image_size, self.kernel, self.limit = image_size, kernel, limit
+        self.examples: list[dict] = []
+        self.count = 0
+
+    def __call__(self, frames, offsets: torch.Tensor, aux: dict) -> None:
+        sampling = aux.get("sampling_offsets")
+        if sampling is None or self.count >= self.limit:
+            return
+        sampling = sampling.detach().float().cpu()
+        batch, supports, _, height, width = sampling.shape
+        taps = self.kernel * self.kernel
+        base = torch.stack(
+            torch.meshgrid(
+                torch.arange(self.kernel) - self.kernel // 2,
+                torch.arange(self.kernel) - self.kernel // 2,
+                indexing="ij",
+            ),
+            -1,
+        )
+        base = base.reshape(taps, 2).float()  # (taps, 2) as (dy, dx)
+        for b, frame in enumerate(frames):
+            if frame.num_objects == 0:
+                continue
+            scale = self.image_size / max(frame.width, frame.height)
+            stride = self.image_size / height
+            index, row, col = _centre_cells(frame, self.image_size, height, width)[0]
+            points = []
+            for t in range(supports):
+                delta = sampling[b, t, : 2 * taps, row, col].reshape(taps, 2)  # (taps, 2) (dy, dx)
+                grid = (base + delta + torch.tensor([row, col]).float()) * stride + stride / 2
+                points.append((grid / scale).flip(-1).tolist())  # -> (x, y) in original pixels
+            self.examples.append(
+                {
+                    "video": frame.video,
+                    "frame_id": frame.frame_id,
+                    "image": frame.image_path,
+                    "box": [float(v) for v in frame.boxes[index]],
+                    "support_offsets": [int(k) for k in offsets[b].tolist()],
+                    "points_xy": points,
+                }
+            )
+            self.count += 1
+            if self.count >= self.limit:
+                return
+
+    def summary(self) -> dict:
+        return {"examples": self.examples}

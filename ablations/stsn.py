@@ -1,0 +1,524 @@
+"""STSN (Bertasius et al., ECCV 2018) on SynthVID: does deformable spatiotemporal sampling match
+flow-based aggregation without optical flow?
+
+Question: with one detector, trainer and evaluation, how do single-frame detection (SSN), FGFA-style
+flow warping (a learned flow net, with and without flow-data pretraining), STSN's deformable sampling
+and an oracle-flow upper bound compare; how does STSN depend on the number of supporting frames T,
+their temporal stride k, and which supports does it weight?
+
+Reproduces: Table 1 (+ Seq-NMS rows), Fig. 3 left (mAP vs T = 1, 3, ..., 27, trained with K=1), the
+temporal-stride result (k = 1, 2, 4), Fig. 3 right (mean aggregation weight at object centres vs k),
+Fig. 4 (sampled locations), plus oracle-flow warping as an extra row.
+
+Knobs varied: the alignment (identity / flow_warp[flownet|flownet+flow data|oracle] / stsn); at test
+time T, k and Seq-NMS. Fixed: backbone, head, fusion (cosine-similarity softmax, the reference counting
+as its own support) for every video row, training budget, data, seeds.
+
+Deviations from the paper, forced by a 2-core CPU and documented in the report: a small ResNet on
+128x128 SynthVID frames instead of Deformable ResNet-101 + R-FCN on ImageNet VID; all Table 1 rows
+are tested with the same window (T = ``TABLE_T``) so rows differ in the aggregation alone; the stride
+study uses T = 9 (K = 4 supports each side at stride k) because SynthVID videos are 30-60 frames long.
+
+Command: ``./bootstrap nox -s ablate-stsn`` (``-- --quick`` for the smoke run, ``-- --seeds 0 1 2``).
+Expected runtime on 2 CPU cores: see README (measured); the quick run is the CI smoke test.
+Paper numbers: ``harness/paper_numbers.yaml`` (stsn).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablations.base import Row, Study, Variant, result_folder
+from ablations.collectors import FusionWeightsByOffset, SamplingLocations
+from harness.config import (
+    AggregationConfig,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    SupportSpec,
+    TrainConfig,
+    override,
+)
+from reports import figures
+from reports.document import Document, Figure, Heading, Paragraph, Table
+from reports.paper_numbers import paper
+from reports.tables import DEFINITIONS_NOTE, per_seed, summarise
+from reports.verdicts import RULE_TEXT, Claim, judge
+
+NAME = "stsn"
+TABLE_T = 9  # test window of every Table 1 row: K = 4 supports each side
+T_SWEEP = tuple(range(1, 28, 2))  # Fig. 3 left
+T_SWEEP_QUICK = (1, 5, 9)
+STRIDES = (1, 2, 4)
+STRIDE_K = 4  # supports each side in the stride study (T = 9)
+WEIGHTS_RADIUS = 9  # Fig. 3 right: k in [-9, 9]
+DEFAULT_SEEDS = (0, 1, 2)
+FLOW_PRETRAIN_STEPS = 400  # flow-net pretraining on ground-truth flow ("flow data" row)
+FLOW_PRETRAIN_STEPS_QUICK = 40
+
+BASE = RunConfig(
+    name=NAME,
+    data=DataConfig(
+        synth_preset="default",
+        image_size=128,
+        # STSN trains with K = 1: supports drawn at random in a neighbourhood of the reference.
+        train_support=SupportSpec("random_window", num=2, radius=9, boundary="pad"),
+        test_support=SupportSpec("sliding", radius=TABLE_T // 2, stride=1, boundary="pad"),
+        still_fraction=0.1,
+    ),
+    model=ModelConfig(aggregation=AggregationConfig(alignment="identity", fusion="cosine_softmax")),
+    phase1=TrainConfig(steps=1200, batch_size=16, lr=2e-3, warmup_steps=50),
+    phase2=TrainConfig(steps=600, batch_size=8, lr=1e-3, warmup_steps=20),
+    eval=EvalConfig(protocols=("devkit", "fixed", "coco"), motion=True, seq_nms=False),
+)
+
+QUICK = {
+    "data.synth_preset": "quick",
+    "phase1.steps": 150,
+    "phase1.batch_size": 8,
+    "phase2.steps": 60,
+    "phase2.batch_size": 4,
+}
+
+NO_SUPPORT = SupportSpec("none")
+
+
+def _alignment(name: str, **kwargs) -> dict:
+    return {
+        "model.aggregation": AggregationConfig(
+            alignment=name, fusion="cosine_softmax", alignment_kwargs=kwargs
+        )
+    }
+
+
+ROWS = [
+    Row(
+        "SSN",
+        {
+            "model.aggregation": AggregationConfig(alignment="identity", fusion="average"),
+            "data.train_support": NO_SUPPORT,
+            "data.test_support": NO_SUPPORT,
+            "data.still_fraction": 0.0,
+        },
+        paper_key="SSN",
+        description="single-frame baseline, same detector and training budget",
+    ),
+    Row(
+        "FGFA",
+        _alignment("flow_warp", flow_source="flownet"),
+        paper_key=None,
+        description="flow warping with a flow net learned end to end from the detection loss only (no flow data)",
+    ),
+    Row(
+        "FGFA+flow data",
+        _alignment("flow_warp", flow_source="flownet"),
+        paper_key="FGFA",
+        description="as FGFA, flow net first pretrained on SynthVID's ground-truth flow (FGFA's FlowNet uses flow data)",
+    ),
+    Row(
+        "STSN",
+        _alignment("stsn"),
+        paper_key="STSN",
+        description="deformable spatiotemporal sampling, no flow",
+    ),
+    Row(
+        "Oracle flow",
+        {**_alignment("flow_warp", flow_source="oracle"), "data.with_oracle_flow": True},
+        description="warping with ground-truth flow: an upper bound for flow-based alignment no paper could show",
+    ),
+]
+
+
+def _variants(quick: bool) -> list[Variant]:
+    variants = []
+    for row in ROWS:
+        variants.append(Variant(row.name, row.name, group="table1"))
+        variants.append(Variant(f"{row.name} + Seq-NMS", row.name, {"eval.seq_nms": True}, group="table1"))
+    for t in T_SWEEP_QUICK if quick else T_SWEEP:
+        spec = SupportSpec("sliding", radius=(t - 1) // 2, stride=1, boundary="pad") if t > 1 else NO_SUPPORT
+        variants.append(Variant(f"STSN T={t}", "STSN", {"data.test_support": spec}, group="fig3_left"))
+    for k in STRIDES:
+        spec = SupportSpec("sliding", radius=STRIDE_K * k, stride=k, boundary="pad")
+        variants.append(Variant(f"STSN stride k={k}", "STSN", {"data.test_support": spec}, group="stride"))
+    variants.append(
+        Variant(
+            "STSN weights",
+            "STSN",
+            {"data.test_support": SupportSpec("sliding", radius=WEIGHTS_RADIUS, stride=1, boundary="pad")},
+            group="fig3_right",
+            collect="weights",
+        )
+    )
+    variants.append(
+        Variant(
+            "STSN sampling",
+            "STSN",
+            {
+                "data.test_support": SupportSpec("sliding", radius=2, stride=1, boundary="pad"),
+                "data.max_val_videos": 4,
+            },
+            group="fig4",
+            collect="sampling",
+        )
+    )
+    return variants
+
+
+def _pretrain_flow(config: RunConfig, out: Path) -> RunConfig:
+    """For the 'FGFA+flow data' row: pretrain the flow net on ground-truth flow, once per seed."""
+    if not config.name.endswith("FGFA+flow data"):
+        return config
+    weights = out / "flownet" / f"flownet-{config.data.synth_preset}-s{config.seed}.pt"
+    if not weights.exists():
+        import torch
+
+        from harness.data.dataset import load_split
+        from methods.flownet import pretrain_flownet
+
+        quick = config.data.synth_preset != "default"
+        result = pretrain_flownet(
+            load_split(config.data, config.data.train_split),
+            image_size=config.data.image_size,
+            steps=FLOW_PRETRAIN_STEPS_QUICK if quick else FLOW_PRETRAIN_STEPS,
+            batch_size=8,
+            lr=2e-3,
+            seed=config.seed,
+            max_offset=config.data.train_support.radius,
+        )
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result, weights.with_suffix(".tmp"))
+        weights.with_suffix(".tmp").replace(weights)
+        weights.with_suffix(".json").write_text(json.dumps(result["metrics"], indent=2, default=float))
+    aggregation = config.model.aggregation
+    kwargs = {**aggregation.alignment_kwargs, "flownet_weights": str(weights)}
+    return override(config, **{"model.aggregation.alignment_kwargs": kwargs})
+
+
+def build_study(quick: bool) -> Study:
+    base = override(BASE, **QUICK) if quick else BASE
+    image_size = base.data.image_size
+    return Study(
+        name=NAME,
+        base=base,
+        rows=ROWS,
+        variants=_variants(quick),
+        collectors={
+            "weights": lambda: FusionWeightsByOffset(image_size),
+            "sampling": lambda: SamplingLocations(image_size, kernel=3, limit=8),
+        },
+        prepare=_pretrain_flow,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims and report
+# ---------------------------------------------------------------------------------------------
+
+
+def claims(quick: bool) -> list[tuple[Claim, str, str]]:
+    """(claim, variant a, variant b) on devkit mAP@0.5."""
+    t_max = (T_SWEEP_QUICK if quick else T_SWEEP)[-1]
+    t_mid = (T_SWEEP_QUICK if quick else T_SWEEP)[-5 if not quick else -2]
+    return [
+        (
+            Claim("STSN outperforms the single-frame baseline SSN", "STSN", "SSN", paper="78.9 vs 76.0"),
+            "STSN",
+            "SSN",
+        ),
+        (
+            Claim(
+                "STSN matches FGFA without using optical flow (within 1 point or better)",
+                "STSN",
+                "FGFA+flow data",
+                kind="not_worse",
+                tolerance=1.0,
+                paper="78.9 vs 78.8",
+            ),
+            "STSN",
+            "FGFA+flow data",
+        ),
+        (
+            Claim("Seq-NMS post-processing improves STSN", "STSN + Seq-NMS", "STSN", paper="80.4 vs 78.9"),
+            "STSN + Seq-NMS",
+            "STSN",
+        ),
+        (
+            Claim(
+                f"more supporting frames help: T={t_max} beats T=1",
+                f"STSN T={t_max}",
+                "STSN T=1",
+                paper="Fig. 3 left: rises with T",
+            ),
+            f"STSN T={t_max}",
+            "STSN T=1",
+        ),
+        (
+            Claim(
+                f"mAP plateaus: T={t_max} is within 0.5 of T={t_mid} or better",
+                f"STSN T={t_max}",
+                f"STSN T={t_mid}",
+                kind="not_worse",
+                tolerance=0.5,
+                paper="Fig. 3 left: plateau at T=27",
+            ),
+            f"STSN T={t_max}",
+            f"STSN T={t_mid}",
+        ),
+        (
+            Claim(
+                "temporal stride k=2 is as good as k=1 (within 1 point or better)",
+                "STSN stride k=2",
+                "STSN stride k=1",
+                kind="not_worse",
+                tolerance=1.0,
+                paper="79.0 vs 78.9",
+            ),
+            "STSN stride k=2",
+            "STSN stride k=1",
+        ),
+        (
+            Claim(
+                "temporal stride k=4 is worse than k=1",
+                "STSN stride k=1",
+                "STSN stride k=4",
+                paper="78.9 vs 77.9",
+            ),
+            "STSN stride k=1",
+            "STSN stride k=4",
+        ),
+    ]
+
+
+@dataclass
+class STSNAblation:
+    default_seeds: tuple[int, ...] = DEFAULT_SEEDS
+
+    def run(self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False) -> Path:
+        seeds = list(seeds or ((0,) if quick else self.default_seeds))
+        folder = result_folder(out, NAME, quick)
+        study = build_study(quick)
+        study.run(seeds=seeds, out=folder, base=study.base, force=force)
+        (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
+        report = self.render(folder)
+        print(f"report: {report}")
+        return report
+
+    def render(self, folder: Path) -> Path:
+        results = pd.read_parquet(folder / "results.parquet")
+        quick = (
+            json.loads((folder / "ablation.json").read_text())["quick"]
+            if (folder / "ablation.json").exists()
+            else False
+        )
+        numbers = paper(NAME)
+        doc = Document("STSN on SynthVID: spatiotemporal sampling vs flow warping")
+        doc.add(Paragraph(__doc__.split("\n\n")[1].replace("\n", " ")))
+        seeds = sorted(results["seed"].unique().tolist())
+        doc.add(
+            Paragraph(
+                f"Seeds: {seeds}. {'QUICK smoke run (tiny data, few steps): numbers are not meaningful.' if quick else ''}"
+            )
+        )
+        doc.add(Paragraph(DEFINITIONS_NOTE))
+
+        doc.add(Heading("Table 1: methods"))
+        table1 = [r.name for r in ROWS] + [f"{r.name} + Seq-NMS" for r in ROWS]
+        paper_map = {
+            "SSN": numbers["table1_map50"]["SSN"]["map50"],
+            "FGFA+flow data": numbers["table1_map50"]["FGFA"]["map50"],
+            "STSN": numbers["table1_map50"]["STSN"]["map50"],
+            "STSN + Seq-NMS": numbers["table1_map50"]["STSN+"]["map50"],
+        }
+        doc.add(
+            Table(
+                summarise(results, table1, paper=paper_map),
+                caption=f"Every video row tested with T={TABLE_T} (pad boundary), NMS IoU from the head config.",
+            )
+        )
+        extra = [c for c in ("fps", "params_aggregation", "flops_aggregation") if c in results.columns]
+        if extra:
+            cost = (
+                results[results["group"] == "table1"]
+                .groupby("variant", sort=False)[extra]
+                .mean()
+                .reset_index()
+            )
+            doc.add(
+                Table(
+                    cost,
+                    caption="Cost per frame (see measure.json in each run folder for what was timed).",
+                    float_format="{:.3g}",
+                )
+            )
+
+        doc.add(Heading("Fig. 3 left: number of supporting frames"))
+        sweep = results[results["group"] == "fig3_left"].copy()
+        if not sweep.empty:
+            sweep["T"] = sweep["variant"].str.extract(r"T=(\d+)").astype(int)
+            path = figures.line_with_spread(
+                sweep,
+                x="T",
+                y="devkit_map",
+                path=folder / "fig3_left.png",
+                xlabel="supporting frames T at inference",
+                ylabel="mAP@0.5 (devkit)",
+                title="STSN trained with K=1",
+            )
+            doc.add(Figure(path, "mAP vs T, mean ± sd over seeds"))
+            doc.add(
+                Table(
+                    summarise(results, sorted(sweep["variant"].unique(), key=lambda v: int(v.split("=")[1])))
+                )
+            )
+
+        doc.add(Heading("Temporal stride"))
+        stride_paper = {f"STSN stride k={k}": v for k, v in numbers["temporal_stride_map50"].items()}
+        doc.add(
+            Table(
+                summarise(results, [f"STSN stride k={k}" for k in STRIDES], paper=stride_paper),
+                caption=f"T={2 * STRIDE_K + 1}: supports at ±k, ±2k, ..., ±{STRIDE_K}k (paper: T=27)",
+            )
+        )
+
+        self._weights_section(doc, folder)
+        self._sampling_section(doc, folder)
+
+        doc.add(Heading("Claims"))
+        doc.add(Paragraph(RULE_TEXT))
+        verdict_rows = []
+        for claim, a, b in claims(quick):
+            if a not in set(results["variant"]) or b not in set(results["variant"]):
+                continue
+            sa, sb = per_seed(results, a), per_seed(results, b)
+            common = sa.index.intersection(sb.index)
+            verdict = judge(claim, sa.loc[common].to_numpy(), sb.loc[common].to_numpy())
+            verdict_rows.append(
+                {
+                    "claim": claim.text,
+                    "paper": claim.paper,
+                    "a - b (mean)": verdict.mean_difference,
+                    "95% CI": f"[{verdict.ci_low:.1f}, {verdict.ci_high:.1f}]",
+                    "seeds": verdict.seeds,
+                    "verdict": verdict.verdict,
+                }
+            )
+        verdict_rows += self._weight_claims(folder)
+        doc.add(Table(pd.DataFrame(verdict_rows)))
+        md, _ = doc.write(folder)
+        return md
+
+    # --- Fig. 3 right / Fig. 4 ------------------------------------------------------------------
+    def _weights(self, folder: Path) -> pd.DataFrame:
+        rows = []
+        for path in sorted((folder / "collected").glob("STSN weights-s*.json")):
+            seed = int(path.stem.split("-s")[-1])
+            data = json.loads(path.read_text())["mean_weight_by_offset"]
+            rows += [{"seed": seed, "k": int(k), "weight": w} for k, w in data.items()]
+        return pd.DataFrame(rows)
+
+    def _weights_section(self, doc: Document, folder: Path) -> None:
+        doc.add(Heading("Fig. 3 right: aggregation weight by support offset"))
+        weights = self._weights(folder)
+        if weights.empty:
+            doc.add(Paragraph("No weights were collected."))
+            return
+        path = figures.weights_by_offset(
+            weights,
+            path=folder / "fig3_right.png",
+            title=f"STSN, T={2 * WEIGHTS_RADIUS + 1}, at object centres",
+        )
+        doc.add(
+            Figure(
+                path,
+                "mean weight at object centres vs k (reference = k 0); uniform weight would be "
+                f"{1 / (2 * WEIGHTS_RADIUS + 1):.3f}",
+            )
+        )
+
+    def _weight_claims(self, folder: Path) -> list[dict]:
+        weights = self._weights(folder)
+        if weights.empty:
+            return []
+        by_seed = weights.pivot_table(index="seed", columns="k", values="weight")
+        near = by_seed[[k for k in (-1, 0, 1) if k in by_seed]].mean(axis=1)
+        far_keys = [k for k in by_seed.columns if abs(k) >= 5]
+        far = by_seed[far_keys].mean(axis=1)
+        edge_keys = [k for k in by_seed.columns if abs(k) == WEIGHTS_RADIUS]
+        edge = by_seed[edge_keys].mean(axis=1)
+        uniform = 1 / (2 * WEIGHTS_RADIUS + 1)
+        out = []
+        for claim, a, b in [
+            (
+                Claim(
+                    "largest weights on the nearest supports (|k| <= 1) vs far ones (|k| >= 5)",
+                    "near",
+                    "far",
+                    paper="Fig. 3 right",
+                ),
+                near,
+                far,
+            ),
+            (
+                Claim(
+                    f"supports at k = ±{WEIGHTS_RADIUS} still get a substantial weight (> 25% of uniform)",
+                    "edge",
+                    "0.25 uniform",
+                    paper="Fig. 3 right",
+                ),
+                edge,
+                pd.Series(0.25 * uniform, index=edge.index),
+            ),
+        ]:
+            v = judge(claim, a.to_numpy(), b.to_numpy())
+            out.append(
+                {
+                    "claim": claim.text,
+                    "paper": claim.paper,
+                    "a - b (mean)": v.mean_difference,
+                    "95% CI": f"[{v.ci_low:.3f}, {v.ci_high:.3f}]",
+                    "seeds": v.seeds,
+                    "verdict": v.verdict,
+                }
+            )
+        return out
+
+    def _sampling_section(self, doc: Document, folder: Path) -> None:
+        doc.add(Heading("Fig. 4: where STSN samples the supporting frames"))
+        files = sorted((folder / "collected").glob("STSN sampling-s*.json"))
+        if not files:
+            doc.add(Paragraph("No sampling locations were collected."))
+            return
+        examples = json.loads(files[0].read_text())["examples"]
+        if not examples:
+            doc.add(Paragraph("No sampling locations were collected."))
+            return
+        path = figures.sampling_locations(
+            examples,
+            image_for=_support_image,
+            path=folder / "fig4.png",
+            title="red: the 3x3 deformable taps at the object's centre (last layer)",
+        )
+        doc.add(Figure(path, "green: reference box and centre; red: sampled locations in each support frame"))
+
+
+def _support_image(example: dict, offset: int) -> np.ndarray:
+    """The frame ``offset`` frames from the example's reference (clamped into the video), RGB."""
+    import cv2
+
+    reference = Path(example["image"])
+    frames = sorted(reference.parent.glob("*" + reference.suffix))
+    index = frames.index(reference) + offset
+    path = frames[min(max(index, 0), len(frames) - 1)]
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read frame {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+ABLATION = STSNAblation()

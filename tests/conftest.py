@@ -1,0 +1,23 @@
+"""Suite-wide settings."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist every worker is its own process: with two workers on a two-core machine,
+    # one torch thread each avoids oversubscription (which slows small ops by an order of magnitude).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_rng_state():
+    """Tests may seed torch freely; the global RNG state does not leak into the next test."""
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
