@@ -111,6 +111,9 @@ class TemporalContext:
 class AlignmentOutput:
     features: Tensor  # (B, T, C, H, W) supports on the reference grid
     aux: dict[str, Tensor] = field(default_factory=dict)  # e.g. "sampling_offsets", "flow"
+    # (B, C, H, W): the reference passed through the same alignment (STSN's g_{t,t}); the fusion then
+    # uses it in place of the raw reference. None = the reference is used unchanged.
+    reference: Tensor | None = None
 
 
 @dataclass
@@ -218,7 +221,8 @@ class WindowAggregator(TemporalAggregator):
                 f"alignment {type(self.alignment).__name__} returned {tuple(aligned.features.shape)}, "
                 f"expected {tuple(ctx.supports.shape)}"
             )
-        fused = self.fusion(ctx.reference, aligned.features, ctx.valid)
+        reference = ctx.reference if aligned.reference is None else aligned.reference
+        fused = self.fusion(reference, aligned.features, ctx.valid)
         aux = dict(aligned.aux)
         if fused.weights is not None:
             aux["fusion_weights"] = fused.weights

@@ -73,6 +73,9 @@ class STSNAlignment(Alignment):
         kernel_size: kernel of every conv (paper: 3; odd).
         deformable_groups: offset groups of the deformable convs (channels share offsets per group).
         identity_init: start the last deformable conv as the identity (see module docstring).
+        resample_reference: also pass the reference through the block with itself as the support
+            (the paper's g_{t,t}), returned as ``AlignmentOutput.reference`` so that the fusion compares
+            and averages sampled features only; False fuses the raw reference.
 
     ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C, H, W), aux={"sampling_offsets": (B, T,
     2 * deformable_groups * k * k, H, W)})``: the resampled supports and the offsets of the last
@@ -88,8 +91,10 @@ class STSNAlignment(Alignment):
         kernel_size: int = 3,
         deformable_groups: int = 1,
         identity_init: bool = True,
+        resample_reference: bool = True,
     ):
         super().__init__(channels)
+        self.resample_reference = resample_reference
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if kernel_size % 2 != 1:
@@ -150,8 +155,12 @@ class STSNAlignment(Alignment):
             return AlignmentOutput(ctx.supports, {"sampling_offsets": no_offsets})
         reference = ctx.reference.unsqueeze(1).expand(b, t, c, h, w).reshape(b * t, c, h, w)  # (B*T, C, H, W)
         support = ctx.supports.reshape(b * t, c, h, w)  # (B, T, C, H, W) -> (B*T, C, H, W)
+        if self.resample_reference:  # one batch: B*T support pairs, then B (reference, reference) pairs
+            reference = torch.cat([reference, ctx.reference])  # (B*T + B, C, H, W)
+            support = torch.cat([support, ctx.reference])
         sampled, offsets = self.sample(reference, support)
         return AlignmentOutput(
-            features=sampled.reshape(b, t, c, h, w),  # (B*T, C, H, W) -> (B, T, C, H, W)
-            aux={"sampling_offsets": offsets.reshape(b, t, -1, h, w)},  # (B, T, 2*G*k*k, H, W)
+            features=sampled[: b * t].reshape(b, t, c, h, w),  # (B*T, C, H, W) -> (B, T, C, H, W)
+            aux={"sampling_offsets": offsets[: b * t].reshape(b, t, -1, h, w)},  # (B, T, 2*G*k*k, H, W)
+            reference=sampled[b * t :] if self.resample_reference else None,  # (B, C, H, W): g_{t,t}
         )

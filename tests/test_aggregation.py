@@ -79,3 +79,15 @@ def test_masked_softmax_gives_exactly_zero_to_masked_entries():
     assert out[0, 1] == 0
     expected = torch.softmax(torch.tensor([1.0, 3.0]), 0)
     torch.testing.assert_close(out[0, [0, 2]], expected)
+
+
+def test_window_aggregator_fuses_the_aligned_reference_when_the_alignment_returns_one():
+    class ZeroReference(torch.nn.Module):
+        needs_images = needs_oracle_flow = False
+
+        def forward(self, ctx):
+            return AlignmentOutput(ctx.supports, reference=torch.zeros_like(ctx.reference))
+
+    ctx = _ctx(t=1)
+    out = WindowAggregator(ZeroReference(), REGISTRY.get("fusion", "average")(channels=4))(ctx)
+    torch.testing.assert_close(out.features, ctx.supports[:, 0] / 2)

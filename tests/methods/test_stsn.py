@@ -80,3 +80,21 @@ def test_bad_arguments_raise() -> None:
         STSNAlignment(channels=4, kernel_size=2)
     with pytest.raises(ValueError, match="deformable_groups"):
         STSNAlignment(channels=4, deformable_groups=3)
+
+
+def test_reference_is_resampled_through_the_block_as_g_tt():
+    from harness.aggregation import TemporalContext
+    from methods.stsn import STSNAlignment
+
+    torch.manual_seed(0)
+    block = STSNAlignment(8, hidden_channels=8, num_layers=2)
+    ctx = TemporalContext(torch.randn(2, 8, 6, 6), torch.randn(2, 3, 8, 6, 6),
+                          torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # leave the identity init so g_tt != reference
+        out = block(ctx)
+        expected, _ = block.sample(ctx.reference, ctx.reference)
+    torch.testing.assert_close(out.reference, expected)
+    assert not torch.allclose(out.reference, ctx.reference)
+    assert STSNAlignment(8, resample_reference=False)(ctx).reference is None
