@@ -158,6 +158,9 @@ class RunConfig:
 
     name: str = "run"
     seed: int = 0
+    # Seed of phase 1 (the still-image detector). None = ``seed``. An integer shares one phase-1
+    # detector across seeds, as a common pretrained model would be; seeds then vary phase 2 only.
+    phase1_seed: int | None = None
     device: str = "auto"  # "auto" = cuda when available, else cpu
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -169,6 +172,13 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def phase_seed(run: RunConfig, phase: int) -> int:
+    """The seed that drives training phase ``phase`` (1 or 2) of ``run``."""
+    if phase == 1 and run.phase1_seed is not None:
+        return run.phase1_seed
+    return run.seed
 
 
 def override(config: Any, **changes: Any) -> Any:

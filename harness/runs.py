@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import config_hash, to_dict, to_json
+from harness.config import config_hash, phase_seed, to_dict, to_json
 
 DONE_MARKER = "DONE"
 PHASE1_DATA_FIELDS = ("root", "format", "cocovid_json", "synth_preset", "synth_seed", "train_split",
@@ -55,7 +55,7 @@ def phase1_config(config: Any) -> dict[str, Any]:
         "backbone": to_dict(config.model.backbone),
         "head": to_dict(config.model.head),
         "phase1": to_dict(config.phase1),
-        "seed": config.seed,
+        "seed": phase_seed(config, 1),
         "device": config.device,
     }
 

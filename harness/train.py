@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from harness.config import phase_seed
 from harness.model.detector import VideoDetector, build_detector
 
 FINAL_CHECKPOINT = "final.pt"
@@ -178,7 +179,7 @@ def _truncate_metrics(path: Path, *, after_step: int) -> None:
 def _default_dataset(run: Any, phase: int) -> tuple[Dataset, Callable]:
     from harness.data.dataset import build_dataset, collate  # the data layer is an edge dependency
 
-    return build_dataset(run.data, "train", phase=phase, seed=run.seed), collate
+    return build_dataset(run.data, "train", phase=phase, seed=phase_seed(run, phase)), collate
 
 
 def build_phase_model(run: Any, *, phase: int) -> VideoDetector:
@@ -216,7 +217,7 @@ def train_phase(
         return final_path
     config = run.phase1 if phase == 1 else run.phase2
     device = resolve_device(run.device)
-    seed_everything(run.seed + 1000 * phase)
+    seed_everything(phase_seed(run, phase) + 1000 * phase)
 
     model = build_phase_model(run, phase=phase)
     if phase == 2 and init_checkpoint is not None:
@@ -276,7 +277,7 @@ def train_phase(
             sampler = StepBatchSampler(
                 dataset_size=len(dataset),
                 batch_size=config.batch_size,
-                seed=run.seed,
+                seed=phase_seed(run, phase),
                 epoch=epoch,
                 first_step=step,
                 last_step=min(config.steps, (epoch + 1) * steps_per_epoch),

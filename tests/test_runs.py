@@ -267,3 +267,11 @@ def test_without_phase2_the_video_detector_uses_phase1_weights(tmp_path, data_di
     row = run_experiment(run, runs_root=tmp_path, progress=False)
     assert not (_folders(tmp_path, run)[0] / "phase2").exists()
     assert row["params_aggregation"] > 0
+
+
+def test_phase1_seed_shares_the_still_image_detector_across_seeds(tmp_path):
+    seed0 = tiny_run(phase1_seed=0)
+    seed1 = dataclasses.replace(seed0, seed=1)
+    assert phase1_dir(tmp_path, seed0) == phase1_dir(tmp_path, seed1)
+    assert run_dir(tmp_path, training_config(seed0)) != run_dir(tmp_path, training_config(seed1))
+    assert phase1_dir(tmp_path, tiny_run()) != phase1_dir(tmp_path, dataclasses.replace(tiny_run(), seed=1))
