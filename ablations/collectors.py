@@ -26,12 +26,18 @@ def _centre_cells(frame, image_size: int, height: int, width: int) -> list[tuple
     return cells
 
 
+def _complete_window(offsets: torch.Tensor) -> bool:
+    """True when no support is a padded copy: all offsets distinct and none equal to 0."""
+    values = offsets.tolist()
+    return 0 not in values and len(set(values)) == len(values)
+
+
 class FusionWeightsByOffset:
     """Mean fusion weight at object centres as a function of the support's time offset k
     (STSN Fig. 3 right). Uses ``aux["fusion_weights"]`` (B, 1 + T, H, W), index 0 = reference (k=0).
 
-    Padded copies at a video boundary carry an offset of the frame they copy, so only supports whose
-    true offset equals their nominal slot are counted (the engine passes true offsets)."""
+    Only reference frames whose window lies inside the video are counted: near a boundary the
+    padded copies repeat a frame (their offsets repeat), which would mix several slots into one k."""
 
     def __init__(self, image_size: int):
         self.image_size = image_size
@@ -47,6 +53,8 @@ class FusionWeightsByOffset:
         offsets = offsets.detach().cpu()
         _, slots, height, width = weights.shape
         for b, frame in enumerate(frames):
+            if not _complete_window(offsets[b]):
+                continue
             for _, row, col in _centre_cells(frame, self.image_size, height, width):
                 self.count += 1
                 self.sums[0] += float(weights[b, 0, row, col])
@@ -74,6 +82,7 @@ class SamplingLocations:
     def __init__(self, image_size: int, kernel: int = 3, limit: int = 8):
         self.image_size, self.kernel, self.limit = image_size, kernel, limit
         self.examples: list[dict] = []
+        self._videos: set[str] = set()  # one example per video
         self.count = 0
 
     def __call__(self, frames, offsets: torch.Tensor, aux: dict) -> None:
@@ -93,8 +102,9 @@ class SamplingLocations:
         )
         base = base.reshape(taps, 2).float()  # (taps, 2) as (dy, dx)
         for b, frame in enumerate(frames):
-            if frame.num_objects == 0:
+            if frame.num_objects == 0 or not _complete_window(offsets[b]) or frame.video in self._videos:
                 continue
+            self._videos.add(frame.video)
             scale = self.image_size / max(frame.width, frame.height)
             stride = self.image_size / height
             index, row, col = _centre_cells(frame, self.image_size, height, width)[0]

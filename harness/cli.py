@@ -17,7 +17,13 @@ ABLATION_PACKAGE = "ablations"
 def _generate(args: argparse.Namespace) -> int:
     from harness.data.synthvid import ensure_synthvid
 
-    root = ensure_synthvid(preset=args.preset, seed=args.seed, root=args.root, force=args.force)
+    if args.force:
+        import shutil
+
+        from harness.data.synthvid import default_data_dir
+
+        shutil.rmtree(Path(args.root or default_data_dir()) / f"synthvid-{args.preset}-s{args.seed}", ignore_errors=True)
+    root = ensure_synthvid(preset=args.preset, seed=args.seed, data_dir=args.root)
     print(root)
     return 0
 
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate the embedded SynthVID dataset (done on first use anyway)")
     gen.add_argument("--preset", default="default", help="default | quick | tiny")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--root", default=None, help="where to write it (default: data/ or $VODBENCH_DATA)")
+    gen.add_argument("--root", default=None, help="parent folder (default: <repo>/data or $VODBENCH_DATA)")
     gen.add_argument("--force", action="store_true", help="regenerate even when complete")
     gen.set_defaults(func=_generate)
 

@@ -55,10 +55,12 @@ class SynthVIDConfig:
     blur_per_speed: float = 4.0  # ... plus this many frames of motion
     defocus_sigma: tuple[float, float] = (0.025, 0.04)  # fraction of the frame
     occluder_size: tuple[float, float] = (0.6, 0.9)  # fraction of the object size
+    occluder_grey: tuple[float, float] = (60.0, 200.0)  # occluders are flat grey, grey level range
+    background_blur: float = 3.0  # Gaussian sigma (px) of the background clutter's edges
     illumination_gain: tuple[float, float] = (0.15, 0.3)
     illumination_noise: float = 10.0  # sensor noise sigma in the dark, grey levels
-    noise_sigma: tuple[float, float] = (40.0, 60.0)  # grey levels
-    jpeg_quality: tuple[int, int] = (3, 8)  # degraded frames
+    noise_sigma: tuple[float, float] = (30.0, 45.0)  # grey levels
+    jpeg_quality: tuple[int, int] = (5, 10)  # degraded frames
     clean_jpeg_quality: int = 92  # every other frame
     flow_downsample: int = 2  # flow stored at 1/this resolution
     processes: int = 2  # worker processes for generation

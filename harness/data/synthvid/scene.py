@@ -195,7 +195,7 @@ def _bursts(rng: np.random.Generator, num_frames: int, rate: float, lengths: tup
     return bursts
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _background(rng: np.random.Generator, width: int, height: int, blur: float) -> np.ndarray:
     low = rng.uniform(40, 200, size=(6, 6, 3)).astype(np.float32)
     canvas = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(int(width * height / 1500) + 3):  # low-contrast clutter
@@ -203,7 +203,8 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         axes = (int(rng.integers(3, 20)), int(rng.integers(3, 20)))
         colour = canvas[centre[1], centre[0]] + rng.normal(0, 25, 3)
         cv2.ellipse(canvas, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour.tolist(), -1)
-    return np.clip(cv2.GaussianBlur(canvas, (0, 0), 1.0), 0, 255)
+    # soft-edged clutter: objects (sharp silhouettes) stay distinguishable from the background
+    return np.clip(cv2.GaussianBlur(canvas, (0, 0), blur), 0, 255)
 
 
 def _trajectory(
@@ -262,7 +263,7 @@ def plan_video(rng: np.random.Generator, config: SynthVIDConfig, num_frames: int
     max_pan = config.camera_speed * side
     pan_velocity = rng.uniform(-max_pan, max_pan, size=2)
     pad = int(np.ceil(max_pan * n / 2 + 2 * max_pan * 3)) + 4
-    background = _background(rng, width + 2 * pad, height + 2 * pad)
+    background = _background(rng, width + 2 * pad, height + 2 * pad, config.background_blur)
     wobble = rng.uniform(0, 1.0, size=2) * np.sin(np.arange(n)[:, None] / rng.uniform(6, 12, size=2))
     camera = pad + pan_velocity * (np.arange(n)[:, None] - (n - 1) / 2) + wobble * max_pan
 
@@ -355,7 +356,8 @@ def _occluder(
     n: int,
 ) -> Layer:
     """A flat-coloured shape sweeping across an object during ``burst`` (its affine exists at every frame)."""
-    rgb = np.broadcast_to(_random_colour(rng), (SPRITE, SPRITE, 3)).astype(np.float32)
+    grey = rng.uniform(*config.occluder_grey)  # flat, desaturated: an occluder, not a "plain" object
+    rgb = np.full((SPRITE, SPRITE, 3), grey, np.float32)
     alpha = _silhouette(rng, notched=False)
     direction = rng.normal(size=2)
     direction /= np.linalg.norm(direction) + 1e-6
