@@ -9,8 +9,12 @@ outside the map read 0 and corners outside the map contribute 0, as in torchvisi
 
 Implementations (see ``ops/_kernels.py`` for the dispatch rules shared by all ops):
 
-- ``"fast"`` (CPU or any device): all taps sampled by ONE ``grid_sample`` call per offset group, one
-  batched matmul per convolution group; backward is torch autograd through both.
+- ``"fast"`` (CPU or any device): bilinear corners and weights computed once per sample for all
+  channels, whole channel vectors gathered from a zero-bordered channels-last copy of the input by one
+  fused ``embedding_bag``, then one matmul. The gather has an explicit backward (``index_add_`` for the
+  input, corner dot products for the weights); offsets and mask get their gradients by autograd through
+  the bilinear weights. Once differentiable. (It replaced one ``grid_sample`` over all taps, which is
+  slow on the CPU for many-channel channels-first inputs.)
 - ``"cupy"``: ``ops/cuda/deform_conv.cu`` kernels sample (im2col) and scatter gradients (col2im); the
   matmuls run in torch. :class:`DeformConvFunction` has an explicit backward, and a ``backend`` switch
   so that tests run the very same Function on the CPU through the kernel shim.
@@ -18,11 +22,13 @@ Implementations (see ``ops/_kernels.py`` for the dispatch rules shared by all op
   interpolation. Slow, obviously correct.
 
 One measure-zero difference: at a sampling coordinate of exactly -1 (e.g. zero offsets with padding 1)
-torchvision and the CUDA kernel return 0 with zero gradient, while ``grid_sample`` (fast path) has a
-one-sided, nonzero derivative with respect to the offset there. Values agree everywhere.
+all three implementations return 0 with zero gradient with respect to the offset (the sample counts as
+outside), while torchvision returns 0 with a one-sided, nonzero offset gradient. Values agree everywhere.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +197,120 @@ def deform_conv2d_reference(
     return _columns_to_output(stacked, weight, bias, out_h, out_w)
 
 
+# Elements per chunk of the gather backward's (4 * rows, C/G) temporary, to keep it cache-sized.
+_BACKWARD_CHUNK_ELEMENTS = 2**19
+
+
+class _BilinearGather(torch.autograd.Function):
+    """Weighted sum of 4 table rows per output row: ``out[r] = sum_i weight[r, i] * table[index[r, i]]``.
+
+    table (T, C), index (R, 4) int64, weight (R, 4) -> (R, C). Forward is one fused
+    ``F.embedding_bag`` (mode "sum" with per-sample weights). The explicit backward exists because
+    embedding_bag's own backward sorts all 4R indices, which costs more than the whole forward here:
+    grad table is an ``index_add_`` in cache-sized chunks, grad weight one sampled matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(table, index, weight)
+        return F.embedding_bag(index, table, mode="sum", per_sample_weights=weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        table, index, weight = ctx.saved_tensors
+        grad_output = grad_output.contiguous()
+        rows, channels = grad_output.shape
+        want_table, _, want_weight = ctx.needs_input_grad
+        grad_table = torch.zeros_like(table) if want_table else None
+        grad_weight = None
+        if want_table:
+            chunk = max(1, _BACKWARD_CHUNK_ELEMENTS // (4 * max(channels, 1)))
+            for start in range(0, rows, chunk):
+                # (R', 1, C) * (R', 4, 1) -> (R', 4, C), row order matching index[start : start + chunk]
+                contributions = grad_output[start : start + chunk].unsqueeze(1) * weight[
+                    start : start + chunk
+                ].unsqueeze(2)
+                grad_table.index_add_(
+                    0, index[start : start + chunk].reshape(-1), contributions.reshape(-1, channels)
+                )
+        if want_weight:
+            grad_weight = _corner_dot_products(grad_output, table, index)
+        return grad_table, None, grad_weight
+
+
+def _corner_dot_products(grad_output: Tensor, table: Tensor, index: Tensor) -> Tensor:
+    """``out[r, i] = <grad_output[r], table[index[r, i]]>``: grad_output (R, C), table (T, C), index (R, 4).
+
+    One sampled dense-dense matmul (``torch.sparse.sampled_addmm``) over the CSR pattern whose row r
+    holds the 4 columns index[r] (ascending by construction), several times faster than gathering the
+    corners and a batched dot product.
+    """
+    rows = index.shape[0]
+    if rows == 0:
+        return grad_output.new_zeros(0, 4)
+    row_starts = torch.arange(0, 4 * rows + 1, 4, device=index.device)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.filterwarnings(
+            "ignore", message="Sparse CSR tensor support is in beta", category=UserWarning
+        )
+        pattern = torch.sparse_csr_tensor(
+            row_starts,
+            index.reshape(-1),
+            grad_output.new_zeros(4 * rows),
+            size=(rows, table.shape[0]),
+            check_invariants=False,  # valid by construction; checking costs a pass over the indices
+        )
+    return torch.sparse.sampled_addmm(pattern, grad_output, table.t(), beta=0.0).values().view(rows, 4)
+
+
+def _corner_indices_and_weights(
+    offset: Tensor,
+    mask: Tensor | None,
+    base_rows: Tensor,
+    base_cols: Tensor,
+    height: int,
+    width: int,
+    offset_groups: int,
+) -> tuple[Tensor, Tensor]:
+    """Bilinear corners of every sample, rows ordered (n, l, g, k) to match the matmul's column layout.
+
+    offset (N, 2*G*K, out_h, out_w), mask (N, G*K, out_h, out_w) or None, base_rows / base_cols
+    (K, out_h, out_w). Returns index (N*L*G*K, 4) into the zero-bordered channels-last table of
+    :func:`_deform_conv2d_fast` (row ``(n*G + g)*(H+2)*(W+2) + (y+1)*(W+2) + (x+1)`` holds pixel (y, x)
+    for -1 <= y <= H, -1 <= x <= W; the border rows are zeros) and weight (N*L*G*K, 4), differentiable
+    w.r.t. offset and mask. torchvision's border rule: a sample with y <= -1, y >= H, x <= -1 or x >= W
+    reads 0 (weight 0, hence zero gradient too); inside, a corner outside the map reads the zero border.
+    Few, large elementwise ops on purpose: each op costs a thread synchronisation on a busy machine.
+    """
+    batch = offset.shape[0]
+    taps, out_h, out_w = base_rows.shape
+    positions = out_h * out_w
+    padded_width = width + 2
+    # (N, 2*G*K, out_h, out_w) -> (N, G, K, 2, L) -> (N, L, G, K, 2): (y, x) per sample
+    offset = offset.reshape(batch, offset_groups, taps, 2, positions).permute(0, 4, 1, 2, 3)
+    base = torch.stack((base_rows, base_cols), dim=-1).reshape(taps, positions, 2).transpose(0, 1)
+    coords = offset + base.unsqueeze(1)  # (N, L, G, K, 2)
+    limits = coords.new_tensor([height, width])
+    inside = ((coords > -1) & (coords < limits)).all(dim=-1)  # (N, L, G, K)
+    # Inside the map floor(y) is in [-1, H-1]; clamping only moves samples whose weight is 0 anyway.
+    corner = torch.floor(coords.detach())
+    frac = coords - corner  # (N, L, G, K, 2)
+    corner = torch.minimum(corner.clamp(min=-1), limits - 1).long() + 1  # padded (row, col) of top-left
+    plane = torch.arange(batch * offset_groups, device=offset.device).view(batch, 1, offset_groups, 1)
+    top_left = (plane * (height + 2) + corner[..., 0]) * padded_width + corner[..., 1]  # (N, L, G, K)
+    corner_steps = torch.tensor([0, 1, padded_width, padded_width + 1], device=offset.device)
+    index = top_left.unsqueeze(-1) + corner_steps  # (N, L, G, K, 4): TL, TR, BL, BR
+    # (1 - f, f) per axis; outer product rows x cols -> (N, L, G, K, 2, 2) -> (..., 4) as TL, TR, BL, BR
+    axis_weights = torch.stack((1 - frac, frac), dim=-1)  # (N, L, G, K, 2 axes, 2)
+    scale = inside.to(coords.dtype)
+    if mask is not None:
+        # (N, G*K, out_h, out_w) -> (N, G, K, L) -> (N, L, G, K)
+        scale = scale * mask.reshape(batch, offset_groups, taps, positions).permute(0, 3, 1, 2)
+    weight = (axis_weights[..., 0, :, None] * axis_weights[..., 1, None, :]).flatten(-2) * scale.unsqueeze(-1)
+    return index.reshape(-1, 4), weight.reshape(-1, 4)
+
+
 def _deform_conv2d_fast(
     input: Tensor,
     offset: Tensor,
@@ -204,26 +324,46 @@ def _deform_conv2d_fast(
     out_h: int,
     out_w: int,
 ) -> Tensor:
-    """All taps of all positions sampled by one ``grid_sample`` (zeros padding), then one matmul."""
+    """Gather-based sampling on a channels-last copy of the input, then one matmul.
+
+    Every sample's 4 bilinear corners and weights are computed once for all channels; whole channel
+    vectors are gathered (:class:`_BilinearGather`) into columns (N*L, G*K*C/G) ordered (g, k, c), and
+    the weight is permuted (a small copy) to the same order, so no large transpose is needed before the
+    GEMM. Convolution groups > 1 go through :func:`_columns_to_output` instead.
+    """
     batch, channels, height, width = input.shape
-    kernel_h, kernel_w = weight.shape[2:]
-    taps = kernel_h * kernel_w
+    out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
+    taps, positions = kernel_h * kernel_w, out_h * out_w
+    channels_per_offset_group = channels // offset_groups
     base_rows, base_cols = _base_positions(kernel_h, kernel_w, out_h, out_w, stride, padding, dilation, input)
-    offset = offset.reshape(batch * offset_groups, taps, 2, out_h, out_w)  # (N*G, K, 2, out_h, out_w)
-    rows = base_rows + offset[:, :, 0]  # (N*G, K, out_h, out_w)
-    cols = base_cols + offset[:, :, 1]
-    # grid_sample with align_corners=False maps normalised u to pixel ((u + 1) * size - 1) / 2; invert it.
-    # Its zeros padding reproduces torchvision's border rule: beyond -1 / size all four corners are out.
-    grid = torch.stack(((2 * cols + 1) / width - 1, (2 * rows + 1) / height - 1), dim=-1)
-    grid = grid.reshape(batch * offset_groups, taps * out_h, out_w, 2)  # (N*G, K*out_h, out_w, 2)
-    grouped_input = input.reshape(batch * offset_groups, channels // offset_groups, height, width)
-    sampled = F.grid_sample(grouped_input, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    # (N*G, C/G, K*out_h, out_w) -> (N, G, C/G, K, L)
-    sampled = sampled.reshape(batch, offset_groups, channels // offset_groups, taps, out_h * out_w)
-    if mask is not None:
-        sampled = sampled * mask.reshape(batch, offset_groups, 1, taps, out_h * out_w)
-    columns = sampled.reshape(batch, channels, taps, out_h * out_w)
-    return _columns_to_output(columns, weight, bias, out_h, out_w)
+    index, corner_weight = _corner_indices_and_weights(
+        offset, mask, base_rows, base_cols, height, width, offset_groups
+    )
+    # (N, C, H, W) -> zero border (N, C, H+2, W+2) -> (N, G, C/G, (H+2)*(W+2)) -> (N, G, (H+2)*(W+2), C/G)
+    padded = F.pad(input, (1, 1, 1, 1))
+    padded_pixels = (height + 2) * (width + 2)
+    table = padded.reshape(batch, offset_groups, channels_per_offset_group, padded_pixels).transpose(2, 3)
+    table = table.reshape(batch * offset_groups * padded_pixels, channels_per_offset_group)
+    columns = _BilinearGather.apply(table, index, corner_weight)  # (N*L*G*K, C/G)
+    if channels_per_group != channels:  # convolution groups: back to (N, C, K, L)
+        # (N, L, G, K, C/G) -> (N, G, C/G, K, L) -> (N, C, K, L)
+        columns = columns.reshape(batch, positions, offset_groups, taps, channels_per_offset_group)
+        columns = columns.permute(0, 2, 4, 3, 1).reshape(batch, channels, taps, positions)
+        return _columns_to_output(columns, weight, bias, out_h, out_w)
+    columns = columns.reshape(batch * positions, offset_groups * taps * channels_per_offset_group)
+    # (Co, C, KH, KW) -> (Co, G, C/G, K) -> (Co, G, K, C/G) -> (Co, G*K*C/G)
+    weight_matrix = weight.reshape(out_channels, offset_groups, channels_per_offset_group, taps)
+    weight_matrix = weight_matrix.permute(0, 1, 3, 2).reshape(out_channels, channels * taps)
+    if bias is not None:
+        output = torch.addmm(bias, columns, weight_matrix.t())  # (N*L, Co)
+    else:
+        output = columns @ weight_matrix.t()
+    # (N*L, Co) -> (N, L, Co) -> (N, Co, L) -> (N, Co, out_h, out_w)
+    return (
+        output.reshape(batch, positions, out_channels)
+        .transpose(1, 2)
+        .reshape(batch, out_channels, out_h, out_w)
+    )
 
 
 class DeformConvFunction(torch.autograd.Function):

@@ -152,6 +152,50 @@ def test_fast_path_gradcheck():
     assert torch.autograd.gradcheck(function, inputs)
 
 
+@pytest.mark.parametrize("chunk_elements", [2**19, 64])
+def test_fast_path_gradcheck_ungrouped_layout(monkeypatch, chunk_elements):
+    # groups == 1 takes the (g, k, c) column layout; 2 offset groups; 64 elements per chunk runs the
+    # gather backward over many chunks (8 rows of 2 channels each).
+    monkeypatch.setattr("ops.deform_conv._BACKWARD_CHUNK_ELEMENTS", chunk_elements)
+    config = (1, 4, 4, 4, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True)
+    tensors, geometry = make_inputs(config, seed=8)
+    names = ["input", "offset", "weight", "bias", "mask"]
+    inputs = tuple(tensors[name].requires_grad_() for name in names)
+
+    def function(input, offset, weight, bias, mask):
+        return deform_conv2d(input, offset, weight, bias, mask=mask, **geometry, impl="fast")
+
+    assert torch.autograd.gradcheck(function, inputs)
+
+
+def test_integer_coordinates_fast_and_shim_match_reference():
+    # Integer offsets put samples exactly on pixels, on the -1 / H borders and beyond. All three
+    # implementations count a coordinate of exactly -1 as outside (zero offset gradient there), which is
+    # where torchvision differs (its offset gradient is one-sided nonzero): values still match it.
+    tensors, geometry = make_inputs(CONFIGS["dcnv2-3x3-pad1"], seed=9)
+    integer_offset = torch.randint(-2, 3, tensors["offset"].shape, generator=torch.Generator().manual_seed(9))
+    tensors["offset"] = integer_offset.to(torch.float64)
+    tensors["offset"][:, :, 0, 0] = 0.0  # taps of the corner output read exactly at -1
+    upstream = torch.randn(2, 6, 6, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    results = {}
+    for impl in ["reference", "fast", "shim"]:
+        inputs = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+        if impl == "shim":
+            output = run_shim(inputs, geometry)
+        else:
+            output = deform_conv2d(**inputs, **geometry, impl=impl)
+        (output * upstream).sum().backward()
+        results[impl] = [output] + [inputs[name].grad for name in sorted(inputs)]
+    torch.testing.assert_close(
+        results["fast"][0], torchvision.ops.deform_conv2d(**tensors, **geometry), rtol=1e-10, atol=1e-10
+    )
+    for impl in ["fast", "shim"]:
+        for name, ours, expected in zip(
+            ["output", *sorted(tensors)], results[impl], results["reference"], strict=True
+        ):
+            torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10, msg=f"{impl} {name}")
+
+
 def test_shim_function_gradcheck():
     tensors, geometry = make_inputs(CONFIGS["rect-kernel-og3"], seed=5)
     names = ["input", "offset", "mask", "weight", "bias"]
