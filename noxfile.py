@@ -62,7 +62,9 @@ def _make_ablation_session(paper: str):
     def session_fn(session: nox.Session) -> None:
         session.run("vodbench", "ablate", paper, *session.posargs)
 
-    session_fn.__doc__ = f"Reproduce the {paper.upper()} paper's ablations on the embedded dataset (`-- --quick` for a smoke run)."
+    session_fn.__doc__ = (
+        f"Reproduce the {paper.upper()} paper's ablations on the embedded dataset (`-- --quick`: smoke run)."
+    )
     session_fn.__name__ = f"ablate_{paper}"
     return session_fn
 

@@ -133,3 +133,34 @@ class Study:
             f"{time.perf_counter() - started:.1f} s for {len(jobs)} row x seed runs\n"
         )
         return table
+
+
+class Ablation:
+    """A paper's ablation: builds its :class:`Study`, runs it over seeds and renders its report.
+
+    Subclasses set ``name`` and ``default_seeds`` and implement :meth:`build_study` and :meth:`render`.
+    The quick mode runs one seed unless seeds are given."""
+
+    name: str = ""
+    default_seeds: tuple[int, ...] = (0,)
+
+    def build_study(self, quick: bool) -> Study:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def render(self, folder: Path) -> Path:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run(self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False) -> Path:
+        seeds = list(seeds or ((0,) if quick else self.default_seeds))
+        folder = result_folder(out, self.name, quick)
+        study = self.build_study(quick)
+        study.run(seeds=seeds, out=folder, base=study.base, force=force)
+        (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
+        report = self.render(folder)
+        print(f"report: {report}")
+        return report
+
+    @staticmethod
+    def is_quick(folder: Path) -> bool:
+        marker = folder / "ablation.json"
+        return bool(json.loads(marker.read_text())["quick"]) if marker.exists() else False

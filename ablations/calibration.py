@@ -15,13 +15,11 @@ Expected runtime on 2 CPU cores and the measured numbers: README, "Calibration".
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ablations.base import Row, Study, Variant, result_folder
+from ablations.base import Ablation, Row, Study, Variant
 from ablations.stsn import BASE as STSN_BASE
 from ablations.stsn import QUICK
 from harness.config import AggregationConfig, SupportSpec, override
@@ -34,33 +32,37 @@ NO_SUPPORT = SupportSpec("none")
 BASE = override(STSN_BASE, name=NAME)
 
 ROWS = [
-    Row("single frame", {"model.aggregation": AggregationConfig(alignment="identity", fusion="average"),
-                         "data.train_support": NO_SUPPORT, "data.test_support": NO_SUPPORT,
-                         "data.still_fraction": 0.0}),
-    Row("oracle flow, average of ±4", {
-        "model.aggregation": AggregationConfig(alignment="flow_warp", fusion="average",
-                                               alignment_kwargs={"flow_source": "oracle"}),
-        "data.with_oracle_flow": True,
-        "data.train_support": SupportSpec("random_window", num=2, radius=4, boundary="pad"),
-        "data.test_support": SupportSpec("sliding", radius=4, stride=1, boundary="pad"),
-    }),
+    Row(
+        "single frame",
+        {
+            "model.aggregation": AggregationConfig(alignment="identity", fusion="average"),
+            "data.train_support": NO_SUPPORT,
+            "data.test_support": NO_SUPPORT,
+            "data.still_fraction": 0.0,
+        },
+    ),
+    Row(
+        "oracle flow, average of ±4",
+        {
+            "model.aggregation": AggregationConfig(
+                alignment="flow_warp", fusion="average", alignment_kwargs={"flow_source": "oracle"}
+            ),
+            "data.with_oracle_flow": True,
+            "data.train_support": SupportSpec("random_window", num=2, radius=4, boundary="pad"),
+            "data.test_support": SupportSpec("sliding", radius=4, stride=1, boundary="pad"),
+        },
+    ),
 ]
 VARIANTS = [Variant(row.name, row.name, {"eval.measure": False}) for row in ROWS]
 
 
-@dataclass
-class CalibrationAblation:
-    default_seeds: tuple[int, ...] = (0,)
+class CalibrationAblation(Ablation):
+    name = NAME
+    default_seeds = (0,)
 
-    def run(self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False) -> Path:
-        seeds = list(seeds or self.default_seeds)
-        folder = result_folder(out, NAME, quick)
+    def build_study(self, quick: bool) -> Study:
         base = override(BASE, **QUICK) if quick else BASE
-        Study(NAME, base, ROWS, VARIANTS).run(seeds=seeds, out=folder, base=base, force=force)
-        (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
-        report = self.render(folder)
-        print(f"report: {report}")
-        return report
+        return Study(NAME, base, ROWS, VARIANTS)
 
     def render(self, folder: Path) -> Path:
         results = pd.read_parquet(folder / "results.parquet")
@@ -70,22 +72,40 @@ class CalibrationAblation:
         doc.add(Table(summarise(results, [row.name for row in ROWS])))
         single, oracle = (per_seed(results, row.name) for row in ROWS)
         fast = per_seed(results, ROWS[0].name, "devkit_motion_fast")
-        slowest = pd.concat([per_seed(results, ROWS[0].name, f"devkit_motion_{b}") for b in ("slow", "medium")],
-                            axis=1).min(axis=1)
-        checks = pd.DataFrame([
-            {"criterion": "single-frame devkit mAP@0.5 in [45, 75]", "value": f"{single.mean():.1f}",
-             "met": bool(45 <= single.mean() <= 75)},
-            {"criterion": "oracle-flow average of ±4 gains >= 8 points", "value": f"{(oracle - single).mean():+.1f}",
-             "met": bool((oracle - single).mean() >= 8)},
-            {"criterion": "single frame: fast bucket is the lowest", "value": f"fast {fast.mean():.1f} vs "
-             f"min(slow, medium) {slowest.mean():.1f}", "met": bool(fast.mean() < slowest.mean())},
-        ])
+        other_buckets = [per_seed(results, ROWS[0].name, f"devkit_motion_{b}") for b in ("slow", "medium")]
+        slowest = pd.concat(other_buckets, axis=1).min(axis=1)
+        checks = pd.DataFrame(
+            [
+                {
+                    "criterion": "single-frame devkit mAP@0.5 in [45, 75]",
+                    "value": f"{single.mean():.1f}",
+                    "met": bool(45 <= single.mean() <= 75),
+                },
+                {
+                    "criterion": "oracle-flow average of ±4 gains >= 8 points",
+                    "value": f"{(oracle - single).mean():+.1f}",
+                    "met": bool((oracle - single).mean() >= 8),
+                },
+                {
+                    "criterion": "single frame: fast bucket is the lowest",
+                    "value": f"fast {fast.mean():.1f} vs min(slow, medium) {slowest.mean():.1f}",
+                    "met": bool(fast.mean() < slowest.mean()),
+                },
+            ]
+        )
         doc.add(Heading("Acceptance criteria (means over seeds)"))
         doc.add(Table(checks))
-        verdict = judge(Claim("oracle average gains 8 points", "oracle", "single", margin=8.0),
-                        oracle.to_numpy(), single.loc[oracle.index].to_numpy())
-        doc.add(Paragraph(f"{RULE_TEXT} Gain over 8 points: {verdict.verdict} "
-                          f"(mean {verdict.mean_difference:+.1f}, seeds {verdict.seeds})."))
+        verdict = judge(
+            Claim("oracle average gains 8 points", "oracle", "single", margin=8.0),
+            oracle.to_numpy(),
+            single.loc[oracle.index].to_numpy(),
+        )
+        doc.add(
+            Paragraph(
+                f"{RULE_TEXT} Gain over 8 points: {verdict.verdict} "
+                f"(mean {verdict.mean_difference:+.1f}, seeds {verdict.seeds})."
+            )
+        )
         md, _ = doc.write(folder)
         return md
 

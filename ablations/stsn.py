@@ -27,13 +27,12 @@ Paper numbers: ``harness/paper_numbers.yaml`` (stsn).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ablations.base import Row, Study, Variant, result_folder
+from ablations.base import Ablation, Row, Study, Variant
 from ablations.collectors import FusionWeightsByOffset, SamplingLocations
 from harness.config import (
     AggregationConfig,
@@ -58,9 +57,12 @@ T_SWEEP_QUICK = (1, 5, 9)
 STRIDES = (1, 2, 4)
 STRIDE_K = 4  # supports each side in the stride study (T = 9)
 WEIGHTS_RADIUS = 9  # Fig. 3 right: k in [-9, 9]
+SWEEP_VIDEOS = 20  # the T, stride and weight studies run on the first val videos
+SWEEP_VIDEOS_QUICK = 6
 DEFAULT_SEEDS = (0, 1, 2)
 FLOW_PRETRAIN_STEPS = 400  # flow-net pretraining on ground-truth flow ("flow data" row)
 FLOW_PRETRAIN_STEPS_QUICK = 40
+FLOWNET_WIDTH = 8  # the flow net's base width (16 costs 3.6x more per support on the CPU)
 
 BASE = RunConfig(
     name=NAME,
@@ -112,15 +114,15 @@ ROWS = [
     ),
     Row(
         "FGFA",
-        _alignment("flow_warp", flow_source="flownet"),
+        _alignment("flow_warp", flow_source="flownet", flownet_width=FLOWNET_WIDTH),
         paper_key=None,
-        description="flow warping with a flow net learned end to end from the detection loss only (no flow data)",
+        description="flow warping, the flow net learned end to end from the detection loss (no flow data)",
     ),
     Row(
         "FGFA+flow data",
-        _alignment("flow_warp", flow_source="flownet"),
+        _alignment("flow_warp", flow_source="flownet", flownet_width=FLOWNET_WIDTH),
         paper_key="FGFA",
-        description="as FGFA, flow net first pretrained on SynthVID's ground-truth flow (FGFA's FlowNet uses flow data)",
+        description="as FGFA, the flow net first pretrained on SynthVID's ground-truth flow (flow data)",
     ),
     Row(
         "STSN",
@@ -131,7 +133,7 @@ ROWS = [
     Row(
         "Oracle flow",
         {**_alignment("flow_warp", flow_source="oracle"), "data.with_oracle_flow": True},
-        description="warping with ground-truth flow: an upper bound for flow-based alignment no paper could show",
+        description="warping with ground-truth flow: an upper bound for flow-based alignment",
     ),
 ]
 
@@ -139,23 +141,25 @@ ROWS = [
 def _variants(quick: bool) -> list[Variant]:
     """Table 1 rows on the whole validation split (timed); the sweeps on its first videos, untimed."""
     subset = {"data.max_val_videos": SWEEP_VIDEOS_QUICK if quick else SWEEP_VIDEOS, "eval.measure": False}
+
+    def sliding(radius: int, stride: int = 1) -> SupportSpec:
+        return SupportSpec("sliding", radius=radius, stride=stride, boundary="pad") if radius else NO_SUPPORT
+
     variants = []
     for row in ROWS:
         variants.append(Variant(row.name, row.name, group="table1"))
-        variants.append(Variant(f"{row.name} + Seq-NMS", row.name, {"eval.seq_nms": True, "eval.measure": False},
-                                group="table1"))
+        seq_nms = {"eval.seq_nms": True, "eval.measure": False}
+        variants.append(Variant(f"{row.name} + Seq-NMS", row.name, seq_nms, group="table1"))
     for t in T_SWEEP_QUICK if quick else T_SWEEP:
-        spec = SupportSpec("sliding", radius=(t - 1) // 2, stride=1, boundary="pad") if t > 1 else NO_SUPPORT
-        variants.append(Variant(f"STSN T={t}", "STSN", {"data.test_support": spec, **subset}, group="fig3_left"))
+        changes = {"data.test_support": sliding((t - 1) // 2), **subset}
+        variants.append(Variant(f"STSN T={t}", "STSN", changes, group="fig3_left"))
     for k in STRIDES:
-        spec = SupportSpec("sliding", radius=STRIDE_K * k, stride=k, boundary="pad")
-        variants.append(Variant(f"STSN stride k={k}", "STSN", {"data.test_support": spec, **subset}, group="stride"))
-    weights_spec = SupportSpec("sliding", radius=WEIGHTS_RADIUS, stride=1, boundary="pad")
-    variants.append(Variant("STSN weights", "STSN", {"data.test_support": weights_spec, **subset},
-                            group="fig3_right", collect="weights"))
-    sampling_spec = SupportSpec("sliding", radius=2, stride=1, boundary="pad")
-    variants.append(Variant("STSN sampling", "STSN", {"data.test_support": sampling_spec, **subset,
-                                                      "data.max_val_videos": 4}, group="fig4", collect="sampling"))
+        changes = {"data.test_support": sliding(STRIDE_K * k, k), **subset}
+        variants.append(Variant(f"STSN stride k={k}", "STSN", changes, group="stride"))
+    changes = {"data.test_support": sliding(WEIGHTS_RADIUS), **subset}
+    variants.append(Variant("STSN weights", "STSN", changes, group="fig3_right", collect="weights"))
+    changes = {"data.test_support": sliding(2), **subset, "data.max_val_videos": 4}
+    variants.append(Variant("STSN sampling", "STSN", changes, group="fig4", collect="sampling"))
     return variants
 
 
@@ -179,6 +183,7 @@ def _pretrain_flow(config: RunConfig, out: Path) -> RunConfig:
             lr=2e-3,
             seed=config.seed,
             max_offset=config.data.train_support.radius,
+            width=FLOWNET_WIDTH,
         )
         weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save(result, weights.with_suffix(".tmp"))
@@ -284,34 +289,28 @@ def claims(quick: bool) -> list[tuple[Claim, str, str]]:
     ]
 
 
-@dataclass
-class STSNAblation:
-    default_seeds: tuple[int, ...] = DEFAULT_SEEDS
+class STSNAblation(Ablation):
+    name = NAME
+    default_seeds = DEFAULT_SEEDS
 
-    def run(self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False) -> Path:
-        seeds = list(seeds or ((0,) if quick else self.default_seeds))
-        folder = result_folder(out, NAME, quick)
-        study = build_study(quick)
-        study.run(seeds=seeds, out=folder, base=study.base, force=force)
-        (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
-        report = self.render(folder)
-        print(f"report: {report}")
-        return report
+    def build_study(self, quick: bool) -> Study:
+        return build_study(quick)
 
     def render(self, folder: Path) -> Path:
         results = pd.read_parquet(folder / "results.parquet")
-        quick = (
-            json.loads((folder / "ablation.json").read_text())["quick"]
-            if (folder / "ablation.json").exists()
-            else False
-        )
+        quick = self.is_quick(folder)
         numbers = paper(NAME)
         doc = Document("STSN on SynthVID: spatiotemporal sampling vs flow warping")
         doc.add(Paragraph(__doc__.split("\n\n")[1].replace("\n", " ")))
         seeds = sorted(results["seed"].unique().tolist())
         doc.add(
             Paragraph(
-                f"Seeds: {seeds}. {'QUICK smoke run (tiny data, few steps): numbers are not meaningful.' if quick else ''}"
+                f"Seeds: {seeds}. "
+                + (
+                    "QUICK smoke run (small data, few steps): the numbers are not meaningful."
+                    if quick
+                    else ""
+                )
             )
         )
         doc.add(Paragraph(DEFINITIONS_NOTE))
@@ -327,7 +326,7 @@ class STSNAblation:
         doc.add(
             Table(
                 summarise(results, table1, paper=paper_map),
-                caption=f"Every video row tested with T={TABLE_T} (pad boundary), NMS IoU from the head config.",
+                caption=f"Every video row tested with T={TABLE_T} (pad boundary).",
             )
         )
         extra = [c for c in ("fps", "params_aggregation", "flops_aggregation") if c in results.columns]

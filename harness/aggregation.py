@@ -155,7 +155,7 @@ class Alignment(nn.Module):
 
 
 class Fusion(nn.Module):
-    """Combines the reference with aligned supports: ``forward(reference, aligned, valid) -> FusionOutput``."""
+    """Combines reference and aligned supports: ``forward(reference, aligned, valid) -> FusionOutput``."""
 
     def __init__(self, channels: int):
         super().__init__()

@@ -22,7 +22,9 @@ def _generate(args: argparse.Namespace) -> int:
 
         from harness.data.synthvid import default_data_dir
 
-        shutil.rmtree(Path(args.root or default_data_dir()) / f"synthvid-{args.preset}-s{args.seed}", ignore_errors=True)
+        shutil.rmtree(
+            Path(args.root or default_data_dir()) / f"synthvid-{args.preset}-s{args.seed}", ignore_errors=True
+        )
     root = ensure_synthvid(preset=args.preset, seed=args.seed, data_dir=args.root)
     print(root)
     return 0

@@ -182,7 +182,7 @@ def phase_seed(run: RunConfig, phase: int) -> int:
 
 
 def override(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` that also accepts dotted paths: ``override(cfg, **{"model.head.nms_iou": 0.3})``."""
+    """``dataclasses.replace`` accepting dotted paths: ``override(cfg, **{"model.head.nms_iou": 0.3})``."""
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in changes.items():

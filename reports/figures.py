@@ -79,7 +79,9 @@ def sampling_locations(
         axes[r, 0].add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.5))
         axes[r, 0].plot([(x1 + x2) / 2], [(y1 + y2) / 2], "o", color="lime", ms=4)
         axes[r, 0].set_title(f"ref {example['video'].split('/')[-1][-6:]}:{example['frame_id']}", fontsize=7)
-        for t, (offset, points) in enumerate(zip(example["support_offsets"], example["points_xy"])):
+        for t, (offset, points) in enumerate(
+            zip(example["support_offsets"], example["points_xy"], strict=True)
+        ):
             ax = axes[r, t + 1]
             ax.imshow(image_for(example, offset))
             pts = np.asarray(points)

@@ -24,7 +24,7 @@ ACCURACY_COLUMNS = {
 }
 
 DEFINITIONS_NOTE = (
-    "mAP definitions: 'devkit' = ILSVRC devkit/FGFA (size-dependent IoU threshold min(0.5, wh/((w+10)(h+10))), "
+    "mAP definitions: 'devkit' = ILSVRC devkit/FGFA (IoU threshold min(0.5, wh/((w+10)(h+10))), "
     "+1 boxes, VOC all-point AP); 'fixed' = IoU 0.5 with +1 boxes (MEGA); 'COCO' = faster-coco-eval "
     "(101-point interpolation, no +1). Motion buckets (slow/medium/fast) and the clean/degraded split use "
     "the devkit definition. Values are mean ± sample standard deviation over seeds (n shown)."

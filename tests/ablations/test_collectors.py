@@ -8,10 +8,19 @@ from harness.data.records import FrameRecord
 
 
 def _frame(box, video="v", frame_id=5, size=64):
-    return FrameRecord(video=video, frame_id=frame_id, image_path=f"/x/{frame_id:06d}.JPEG", width=size,
-                       height=size, boxes=np.array([box], np.float32), labels=np.zeros(1, np.int64),
-                       track_ids=np.zeros(1, np.int64), occluded=np.zeros(1, bool), generated=np.zeros(1, bool),
-                       degradation=np.zeros(1, np.int64))
+    return FrameRecord(
+        video=video,
+        frame_id=frame_id,
+        image_path=f"/x/{frame_id:06d}.JPEG",
+        width=size,
+        height=size,
+        boxes=np.array([box], np.float32),
+        labels=np.zeros(1, np.int64),
+        track_ids=np.zeros(1, np.int64),
+        occluded=np.zeros(1, bool),
+        generated=np.zeros(1, bool),
+        degradation=np.zeros(1, np.int64),
+    )
 
 
 def test_fusion_weights_are_read_at_the_object_centre_cell_and_grouped_by_offset():
@@ -36,7 +45,9 @@ def test_fusion_weights_skip_windows_with_padded_copies():
 def test_sampling_locations_map_zero_offsets_to_the_regular_grid_around_the_centre():
     # zero deformation: the 3x3 taps are the cell centres around the box centre's cell
     sampling = torch.zeros(1, 2, 18, 8, 8)
-    sampling[0, 1, 0:2, 5, 2] = torch.tensor([1.0, -1.0])  # support 1, tap 0 moved by (dy, dx) = (1, -1) cells
+    sampling[0, 1, 0:2, 5, 2] = torch.tensor(
+        [1.0, -1.0]
+    )  # support 1, tap 0 moved by (dy, dx) = (1, -1) cells
     collector = SamplingLocations(image_size=64, kernel=3)
     collector([_frame((10, 34, 30, 54))], torch.tensor([[-1, 1]]), {"sampling_offsets": sampling})
     (example,) = collector.summary()["examples"]
