@@ -90,7 +90,7 @@ class Study:
         from harness.runs import append_results, load_results
 
         out.mkdir(parents=True, exist_ok=True)
-        runs_root = out / "runs"
+        runs_root = out.parent / "runs"  # shared by all ablations: one phase-1 detector for all of them
         parquet = out / "results.parquet"
         rows_by_name = {row.name: row for row in self.rows}
         for variant in self.variants:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import config_hash, phase_seed, to_dict, to_json
+from harness.config import phase_seed, to_dict, to_json
 
 DONE_MARKER = "DONE"
 PHASE1_DATA_FIELDS = ("root", "format", "cocovid_json", "synth_preset", "synth_seed", "train_split",
@@ -37,8 +37,23 @@ PHASE1_DATA_FIELDS = ("root", "format", "cocovid_json", "synth_preset", "synth_s
 
 
 def run_id(config: Any) -> str:
-    """``<name>-<config_hash>``: the folder name and the results table's key."""
-    return f"{config.name}-{config_hash(config)}"
+    """``<name>-<hash>``: the folder name and the results table's key. The hash covers the config and,
+    on SynthVID, the generator's fingerprint, so that retuning the data never reuses stale runs."""
+    return f"{config.name}-{_hash(to_json(config) + _data_identity(config))}"
+
+
+def _hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _data_identity(config: Any) -> str:
+    if config.data.root is not None:
+        return ""
+    from harness.data.synthvid import data_fingerprint
+
+    return data_fingerprint(config.data.synth_preset)
 
 
 def run_dir(root: Path | str, config: Any) -> Path:
@@ -62,10 +77,7 @@ def phase1_config(config: Any) -> dict[str, Any]:
 
 def phase1_dir(root: Path | str, config: Any) -> Path:
     """``<root>/phase1-<hash of phase1_config>``: shared by runs that agree on phase 1."""
-    import hashlib
-
-    digest = hashlib.sha1(json.dumps(phase1_config(config), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(root) / f"phase1-{digest}"
+    return Path(root) / f"phase1-{_hash(json.dumps(phase1_config(config), sort_keys=True) + _data_identity(config))}"
 
 
 def _git_state() -> dict[str, Any]:

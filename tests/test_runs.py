@@ -23,7 +23,6 @@ from harness.config import (
     RunConfig,
     SupportSpec,
     TrainConfig,
-    config_hash,
     to_json,
 )
 from harness.data.dataset import load_split
@@ -78,14 +77,14 @@ def tiny_run(name="video", **changes) -> RunConfig:
 def _folders(root, run):
     """(training folder, evaluation folder of the default variant) of ``run``."""
     training = run_dir(root, training_config(run))
-    return training, training / f"eval-test-{config_hash(run)}"
+    return training, training / f"eval-test-{run_id(run).rsplit('-', 1)[1]}"
 
 
 def test_run_folder_contents_and_row(tmp_path, data_dir):
     run = tiny_run()
     row = run_experiment(run, runs_root=tmp_path, progress=False)
     training, folder = _folders(tmp_path, run)
-    assert row["run_id"] == f"{run_id(run)}-test" and row["config_hash"] == config_hash(run)
+    assert row["run_id"] == f"{run_id(run)}-test" and row["config_hash"] == run_id(run).rsplit("-", 1)[1]
     for name in ("config.json", "env.json", "metrics.jsonl", "phase2/final.pt"):
         assert (training / name).is_file(), name
     for name in ("config.json", "env.json", "eval.json", "measure.json", "result.json", "DONE"):
@@ -275,3 +274,12 @@ def test_phase1_seed_shares_the_still_image_detector_across_seeds(tmp_path):
     assert phase1_dir(tmp_path, seed0) == phase1_dir(tmp_path, seed1)
     assert run_dir(tmp_path, training_config(seed0)) != run_dir(tmp_path, training_config(seed1))
     assert phase1_dir(tmp_path, tiny_run()) != phase1_dir(tmp_path, dataclasses.replace(tiny_run(), seed=1))
+
+
+def test_retuned_synthvid_gets_new_run_folders(tmp_path, monkeypatch):
+    import harness.data.synthvid as synthvid
+
+    run = tiny_run()
+    before = (run_dir(tmp_path, run), phase1_dir(tmp_path, run))
+    monkeypatch.setattr(synthvid, "GENERATOR_VERSION", "changed")
+    assert run_dir(tmp_path, run) != before[0] and phase1_dir(tmp_path, run) != before[1]

@@ -112,7 +112,10 @@ def test_degradation_bits_follow_the_plan():
     assert BIT["noise"] == 1 << DEGRADATIONS.index("noise")
     clean = get_preset("tiny", frame_burst_rate=0.0, object_burst_rate=0.0)
     plan = plan_video(np.random.default_rng(0), clean, 4)
-    assert np.all(render_frame(plan, 0, clean_jpeg_quality=92, illumination_noise=0).degradation == 0)
+    frame = render_frame(plan, 0, clean_jpeg_quality=92, illumination_noise=0)
+    # no bursts: the only flag left is occlusion by another object, set exactly on occluded boxes
+    assert np.all(frame.degradation & ~BIT["occlusion"] == 0)
+    np.testing.assert_array_equal(frame.degradation & BIT["occlusion"] != 0, frame.occluded)
 
 
 def test_classes_differ_only_in_fine_detail():

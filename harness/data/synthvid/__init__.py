@@ -20,6 +20,7 @@ from harness.data.synthvid.generate import COMPLETE_MARKER, GENERATOR_VERSION, g
 __all__ = [
     "PRESETS",
     "SynthVIDConfig",
+    "data_fingerprint",
     "default_data_dir",
     "ensure_synthvid",
     "generate_synthvid",
@@ -38,6 +39,12 @@ def _fingerprint(version: str | None, config: dict | None) -> str:
     """Generator version + every config field that changes the data (not ``processes``)."""
     fields = {k: v for k, v in (config or {}).items() if k != "processes"}
     return json.dumps({"version": version, "config": fields}, sort_keys=True)
+
+
+def data_fingerprint(preset: str) -> str:
+    """Short hash of the generator version and the preset's knobs: changes whenever SynthVID would."""
+    config = json.loads(json.dumps(dataclasses.asdict(get_preset(preset))))
+    return hashlib.sha1(_fingerprint(GENERATOR_VERSION, config).encode()).hexdigest()[:8]
 
 
 def _generated_with(root: Path) -> str | None:

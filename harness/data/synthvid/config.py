@@ -27,9 +27,9 @@ class SynthVIDConfig:
     # objects
     objects_per_video: tuple[int, int] = (1, 4)
     same_class_prob: float = 0.25  # chance an extra object repeats a class in the video
-    object_size: tuple[float, float] = (0.22, 0.42)  # longer side of the object, fraction of the frame
-    texture_contrast: tuple[float, float] = (0.30, 0.55)  # pattern vs base colour, fraction of 255
-    pattern_period: tuple[float, float] = (0.15, 0.20)  # pattern period, fraction of the object size
+    object_size: tuple[float, float] = (0.26, 0.45)  # longer side of the object, fraction of the frame
+    texture_contrast: tuple[float, float] = (0.60, 0.85)  # pattern vs base colour, fraction of 255
+    pattern_period: tuple[float, float] = (0.30, 0.38)  # pattern period, fraction of the object size
     enter_prob: float = 0.2  # object enters from outside the frame
     # motion: relative speed = px/frame divided by the object size, drawn per bucket
     speed_buckets: tuple[tuple[float, float, float], ...] = (
@@ -45,15 +45,15 @@ class SynthVIDConfig:
 
     # degradations: bursts of a few frames, per object (blur, occlusion) or per frame (the rest)
     burst_length: tuple[int, int] = (2, 5)
-    object_burst_rate: float = 0.05  # chance per frame that an object burst starts
+    object_burst_rate: float = 0.06  # chance per frame that an object burst starts
     frame_burst_rate: float = 0.05  # chance per frame that a frame burst starts
     fast_burst_boost: float = 1.5  # object burst rate x (1 + boost * relative speed / 0.03)
     object_degradation_weights: tuple[float, float] = (0.6, 0.4)  # motion_blur, occlusion
     frame_degradation_weights: tuple[float, float, float, float] = (0.3, 0.2, 0.25, 0.25)
     # (defocus, illumination, noise, jpeg)
-    blur_length: tuple[float, float] = (0.10, 0.16)  # motion-blur length, fraction of the object size...
+    blur_length: tuple[float, float] = (0.22, 0.34)  # motion-blur length, fraction of the object size...
     blur_per_speed: float = 4.0  # ... plus this many frames of motion
-    defocus_sigma: tuple[float, float] = (0.025, 0.04)  # fraction of the frame
+    defocus_sigma: tuple[float, float] = (0.03, 0.05)  # fraction of the frame
     occluder_size: tuple[float, float] = (0.6, 0.9)  # fraction of the object size
     occluder_grey: tuple[float, float] = (60.0, 200.0)  # occluders are flat grey, grey level range
     background_blur: float = 3.0  # Gaussian sigma (px) of the background clutter's edges
