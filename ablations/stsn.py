@@ -57,7 +57,7 @@ T_SWEEP_QUICK = (1, 5, 9)
 STRIDES = (1, 2, 4)
 STRIDE_K = 4  # supports each side in the stride study (T = 9)
 WEIGHTS_RADIUS = 9  # Fig. 3 right: k in [-9, 9]
-SWEEP_VIDEOS = 6  # the T, stride and weight studies run on the first val videos
+SWEEP_VIDEOS = 4  # the T, stride and weight studies run on the first val videos (CPU budget)
 TABLE_VIDEOS = 20  # Table 1 on the first val videos (a CPU budget; None = all 60)
 SWEEP_VIDEOS_QUICK = 4
 TABLE_VIDEOS_QUICK = None

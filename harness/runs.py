@@ -77,7 +77,8 @@ def phase1_config(config: Any) -> dict[str, Any]:
 
 def phase1_dir(root: Path | str, config: Any) -> Path:
     """``<root>/phase1-<hash of phase1_config>``: shared by runs that agree on phase 1."""
-    return Path(root) / f"phase1-{_hash(json.dumps(phase1_config(config), sort_keys=True) + _data_identity(config))}"
+    identity = json.dumps(phase1_config(config), sort_keys=True) + _data_identity(config)
+    return Path(root) / f"phase1-{_hash(identity)}"
 
 
 def _git_state() -> dict[str, Any]:

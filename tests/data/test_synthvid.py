@@ -122,7 +122,11 @@ def test_classes_differ_only_in_fine_detail():
     """Sprites of different classes become alike after a blur; colour is independent of the class."""
     from harness.data.synthvid.scene import make_sprite
 
+    from harness.data.synthvid.scene import SPRITE_EXTENT
+
     config = get_preset("default")
+    # the preset's mean defocus blur, in sprite pixels for an object of the mean size
+    sigma = np.mean(config.defocus_sigma) / np.mean(config.object_size) * SPRITE_EXTENT
     rng = np.random.default_rng(0)
     sharp_gap, blurred_gap = [], []
     for _ in range(20):
@@ -131,7 +135,7 @@ def test_classes_differ_only_in_fine_detail():
         b_rgb, _ = make_sprite(2, np.random.default_rng(colour_rng_state), config)  # dots, same colours
         inside = a_alpha > 0.99
         sharp_gap.append(np.abs(a_rgb - b_rgb)[inside].mean())
-        blur = lambda x: cv2.GaussianBlur(x, (0, 0), 4)  # noqa: E731
+        blur = lambda x: cv2.GaussianBlur(x, (0, 0), sigma)  # noqa: E731
         blurred_gap.append(np.abs(blur(a_rgb) - blur(b_rgb))[inside].mean())
     assert np.mean(blurred_gap) < 0.35 * np.mean(sharp_gap)
 
