@@ -9,7 +9,8 @@ An ablation declares
   reuse its checkpoint instead of training again.
 
 :class:`Study` runs them for every seed (skipping what is finished, resuming what was interrupted:
-both handled by the run folders of ``harness.pipeline``), gathers one results row per
+both handled by the run folders of ``harness.pipeline``, shared by all ablations in ``<out>/runs``),
+gathers one results row per
 (variant, seed) into ``results.parquet`` and hands the table to the ablation's report.
 """
 
@@ -77,15 +78,10 @@ class Study:
     def row_config(self, row: Row, seed: int, base: RunConfig) -> RunConfig:
         return override(base, name=f"{self.name}-{row.name}", seed=seed, **row.changes)
 
-    def run(
-        self,
-        *,
-        seeds: list[int],
-        out: Path,
-        base: RunConfig,
-        force: bool = False,
-        on_result: Callable[[pd.DataFrame], None] | None = None,
-    ) -> pd.DataFrame:
+    def run(self, *, seeds: list[int], out: Path, force: bool = False) -> pd.DataFrame:
+        """Train every row for every seed and evaluate its variants; returns the results table.
+
+        Run folders live in ``<out>/../runs`` so that all ablations share one phase-1 detector."""
         from harness.pipeline import evaluate_checkpoint, train_run
         from harness.runs import append_results, load_results
 
@@ -100,7 +96,7 @@ class Study:
         started = time.perf_counter()
         with tqdm(total=len(jobs), desc=f"{self.name}: rows x seeds", unit="run") as bar:
             for seed, row in jobs:
-                config = self.row_config(row, seed, base)
+                config = self.row_config(row, seed, self.base)
                 if self.prepare is not None:
                     config = self.prepare(config, out)
                 bar.set_postfix_str(f"{row.name} seed={seed}")
@@ -125,8 +121,6 @@ class Study:
                         collected.parent.mkdir(exist_ok=True)
                         collected.write_text(json.dumps(collector.summary()))
                 append_results(results, parquet)
-                if on_result is not None:
-                    on_result(load_results(parquet))
                 bar.update(1)
         table = load_results(parquet)
         (out / "timing.txt").write_text(
@@ -154,7 +148,7 @@ class Ablation:
         seeds = list(seeds or ((0,) if quick else self.default_seeds))
         folder = result_folder(out, self.name, quick)
         study = self.build_study(quick)
-        study.run(seeds=seeds, out=folder, base=study.base, force=force)
+        study.run(seeds=seeds, out=folder, force=force)
         (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
         report = self.render(folder)
         print(f"report: {report}")
