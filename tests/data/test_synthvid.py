@@ -120,9 +120,7 @@ def test_degradation_bits_follow_the_plan():
 
 def test_classes_differ_only_in_fine_detail():
     """Sprites of different classes become alike after a blur; colour is independent of the class."""
-    from harness.data.synthvid.scene import make_sprite
-
-    from harness.data.synthvid.scene import SPRITE_EXTENT
+    from harness.data.synthvid.scene import SPRITE_EXTENT, make_sprite
 
     config = get_preset("default")
     # the preset's mean defocus blur, in sprite pixels for an object of the mean size
