@@ -19,7 +19,9 @@ ABLATIONS = ("stsn",)
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Run the test suite (CPU; CUDA tests skip with a reason when no GPU is present)."""
-    session.run("python", "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations=10", *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "-n", "2", "--dist", "loadgroup", "--durations=10", *session.posargs
+    )
 
 
 @nox.session(venv_backend="none")
