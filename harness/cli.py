@@ -30,15 +30,27 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``["phase2.steps=300", "data.synth_preset=quick"]`` -> dotted overrides. A value is JSON when it
+    parses (numbers, true/false, lists, ``{...}`` for a nested config), else a string."""
+    changes: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"vodbench: --set expects KEY=VALUE, got {item!r}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return changes
+
+
 def _train(args: argparse.Namespace) -> int:
     from harness.config import RunConfig, from_dict, override
     from harness.pipeline import run_experiment
 
     config = from_dict(RunConfig, json.loads(Path(args.config).read_text())) if args.config else RunConfig()
-    changes = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        changes[key] = json.loads(value) if value[:1] in '[{0123456789-tfn"' else value
+    changes = parse_overrides(args.set or [])
     if changes:
         config = override(config, **changes)
     row = run_experiment(config, runs_root=Path(args.runs), force=args.force)

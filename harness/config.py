@@ -195,6 +195,10 @@ def override(config: Any, **changes: Any) -> Any:
             flat[head] = value
     for head, sub in nested.items():
         flat[head] = override(flat.get(head, getattr(config, head)), **sub)
+    for head, value in flat.items():  # a dict given for a nested config (e.g. from the command line)
+        current = getattr(config, head)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            flat[head] = from_dict(type(current), value)
     return dataclasses.replace(config, **flat)
 
 

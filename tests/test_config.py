@@ -25,3 +25,21 @@ def test_dict_round_trip_and_hash_stability():
     assert restored == config
     assert config_hash(restored) == config_hash(config)
     assert config_hash(override(config, seed=1)) != config_hash(config)
+
+
+def test_override_accepts_a_dict_for_a_nested_config():
+    changed = override(
+        RunConfig(), **{"data.train_support": {"strategy": "random_window", "num": 2, "radius": 3}}
+    )
+    assert changed.data.train_support == SupportSpec("random_window", num=2, radius=3)
+
+
+def test_cli_overrides_parse_json_else_string_and_reject_missing_equals():
+    from harness.cli import parse_overrides
+
+    parsed = parse_overrides(
+        ["phase2.steps=300", "data.synth_preset=tiny", 'data.test_support={"radius": 2}']
+    )
+    assert parsed == {"phase2.steps": 300, "data.synth_preset": "tiny", "data.test_support": {"radius": 2}}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["phase2.steps"])
