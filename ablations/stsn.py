@@ -16,8 +16,9 @@ as its own support) for every video row, training budget, data, seeds.
 
 Deviations from the paper, forced by a 2-core CPU and documented in the report: a small ResNet on
 128x128 SynthVID frames instead of Deformable ResNet-101 + R-FCN on ImageNet VID; all Table 1 rows
-are tested with the same window (T = ``TABLE_T``) so rows differ in the aggregation alone; the stride
-study uses T = 9 (K = 4 supports each side at stride k) because SynthVID videos are 30-60 frames long.
+are tested with the same window (T = ``TABLE_T``) so rows differ in the aggregation alone, on the first
+``TABLE_VIDEOS`` validation videos (the sweeps on the first ``SWEEP_VIDEOS``); the stride study uses
+T = 9 (K = 4 supports each side at stride k) because SynthVID videos are 30-60 frames long.
 
 Command: ``./bootstrap nox -s ablate-stsn`` (``-- --quick`` for the smoke run, ``-- --seeds 0 1 2``).
 Expected runtime on 2 CPU cores: see README (measured); the quick run is the CI smoke test.
@@ -306,6 +307,8 @@ class STSNAblation(Ablation):
         numbers = paper(NAME)
         doc = Document("STSN on SynthVID: spatiotemporal sampling vs flow warping")
         doc.add(Paragraph(__doc__.split("\n\n")[1].replace("\n", " ")))
+        deviations = next(p for p in __doc__.split("\n\n") if p.startswith("Deviations"))
+        doc.add(Paragraph(deviations.replace("\n", " ")))
         seeds = sorted(results["seed"].unique().tolist())
         doc.add(
             Paragraph(

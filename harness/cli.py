@@ -67,7 +67,7 @@ def _ablation_module(name: str):
         known = sorted(
             p.stem
             for p in Path(__file__).resolve().parent.parent.joinpath(ABLATION_PACKAGE).glob("*.py")
-            if not p.stem.startswith("_") and p.stem not in {"base", "__init__"}
+            if not p.stem.startswith("_") and p.stem not in {"base", "collectors", "__init__"}
         )
         raise SystemExit(f"vodbench: unknown ablation {name!r}; available: {', '.join(known)}") from None
 

@@ -23,19 +23,12 @@ def line_with_spread(
     ylabel: str,
     title: str,
     hue: str | None = None,
-    paper: dict[float, float] | None = None,
 ) -> Path:
-    """Mean over seeds with a ±1 std band; the paper's values as a second axis-aligned series if given."""
+    """Mean over seeds with a ±1 std band."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     sns.lineplot(
         data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, label=None if hue else "harness"
     )
-    if paper:
-        ax2 = ax.twinx()
-        xs = sorted(paper)
-        ax2.plot(xs, [paper[k] for k in xs], "s--", color="grey", label="paper (right axis)")
-        ax2.set_ylabel("paper mAP@0.5 (ImageNet VID)")
-        ax2.legend(loc="lower right")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
