@@ -11,7 +11,7 @@ An ablation declares
 :class:`Study` runs them for every seed (skipping what is finished, resuming what was interrupted:
 both handled by the run folders of ``harness.pipeline``, shared by all ablations in ``<out>/runs``),
 gathers one results row per
-(variant, seed) into ``results.parquet`` and hands the table to the ablation's report.
+(variant, seed) of this invocation into ``results.parquet`` and hands the table to the ablation's report.
 """
 
 from __future__ import annotations
@@ -78,13 +78,20 @@ class Study:
     def row_config(self, row: Row, seed: int, base: RunConfig) -> RunConfig:
         return override(base, name=f"{self.name}-{row.name}", seed=seed, **row.changes)
 
-    def run(self, *, seeds: list[int], out: Path, force: bool = False) -> pd.DataFrame:
-        """Train every row for every seed and evaluate its variants; returns the results table.
+    def run(self, *, seeds: list[int], out: Path, force: bool = False, jobs: int = 1) -> pd.DataFrame:
+        """Train every row for every seed, then evaluate its variants; returns the results table.
 
-        Run folders live in ``<out>/../runs`` so that all ablations share one phase-1 detector."""
-        from harness.pipeline import evaluate_checkpoint, train_run
+        Run folders live in ``<out>/../runs`` so that all ablations share one phase-1 detector.
+        ``jobs > 1`` trains the phase-2 runs, and runs the inference and evaluation of their
+        variants, in that many processes, each with ``threads // jobs`` torch threads (small
+        convolutions use two cores better as two processes than as two threads). The shared phase
+        1, the collectors (Fig. 3 right, Fig. 4) and every timed measurement run in this process
+        after the workers are done, so a measured FPS never shares the machine with another job."""
+        from harness.pipeline import evaluate_checkpoint, train_shared_phase1
         from harness.runs import append_results, load_results
 
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
         out.mkdir(parents=True, exist_ok=True)
         runs_root = out.parent / "runs"  # shared by all ablations: one phase-1 detector for all of them
         parquet = out / "results.parquet"
@@ -92,41 +99,137 @@ class Study:
         for variant in self.variants:
             if variant.row not in rows_by_name:
                 raise KeyError(f"variant {variant.name!r} refers to unknown row {variant.row!r}")
-        jobs = [(seed, row) for seed in seeds for row in self.rows]
         started = time.perf_counter()
-        with tqdm(total=len(jobs), desc=f"{self.name}: rows x seeds", unit="run") as bar:
-            for seed, row in jobs:
+        configs = {}
+        for seed in seeds:
+            for row in self.rows:
                 config = self.row_config(row, seed, self.base)
-                if self.prepare is not None:
-                    config = self.prepare(config, out)
-                bar.set_postfix_str(f"{row.name} seed={seed}")
-                checkpoint = train_run(config, runs_root=runs_root, force=force)
+                train_shared_phase1(config, runs_root=runs_root)  # once, before any parallel job
+                configs[seed, row.name] = self.prepare(config, out) if self.prepare else config
+        checkpoints = _train_all(configs, self.variants, runs_root=runs_root, force=force, jobs=jobs)
+        trained = time.perf_counter()
+
+        every_result: list[dict[str, Any]] = []
+        with tqdm(total=len(configs), desc=f"{self.name}: evaluate rows x seeds", unit="run") as bar:
+            for (seed, row_name), config in configs.items():
+                bar.set_postfix_str(f"{row_name} seed={seed}")
                 results = []
-                for variant in (v for v in self.variants if v.row == row.name):
+                for variant in (v for v in self.variants if v.row == row_name):
                     vconfig = override(config, **variant.changes)
                     collected = out / "collected" / f"{variant.name}-s{seed}.json"
                     wants = variant.collect is not None and (force or not collected.exists())
                     collector = self.collectors[variant.collect]() if wants else None
                     result = evaluate_checkpoint(
                         vconfig,
-                        checkpoint,
+                        checkpoints[seed, row_name],
                         runs_root=runs_root,
                         variant=variant.name,
                         collect=collector,
-                        force=force,
+                        # force already redid the training folder (and its evaluations) above
                     )
-                    result.update(row=row.name, variant=variant.name, group=variant.group, seed=seed)
+                    result.update(row=row_name, variant=variant.name, group=variant.group, seed=seed)
                     results.append(result)
                     if collector is not None and collector.count:
                         collected.parent.mkdir(exist_ok=True)
                         collected.write_text(json.dumps(collector.summary()))
-                append_results(results, parquet)
+                append_results(results, parquet)  # a crash keeps what was evaluated so far
+                every_result += results
                 bar.update(1)
+        # The table holds exactly this invocation's rows: none left over from other seeds or from
+        # runs on an earlier version of the data (their run ids differ, so they would pile up).
+        parquet.unlink(missing_ok=True)
+        if every_result:
+            append_results(every_result, parquet)
         table = load_results(parquet)
+        finished = time.perf_counter()
         (out / "timing.txt").write_text(
-            f"{time.perf_counter() - started:.1f} s for {len(jobs)} row x seed runs\n"
+            f"{finished - started:.1f} s for {len(configs)} row x seed runs "
+            f"(training and inference {trained - started:.1f} s with {jobs} job(s), "
+            f"collectors, measurements and the table {finished - trained:.1f} s)\n"
         )
         return table
+
+
+def _train_and_predict(
+    config: RunConfig, variants: list[Variant], runs_root: Path, force: bool, threads: int | None
+) -> Path:
+    """Phase 2 of ``config``, then every variant that needs neither a collector nor a measurement
+    evaluated, and the inference of the measured ones cached: what can run beside another job."""
+    import torch
+
+    from harness.pipeline import evaluate_checkpoint, evaluation_folder, predict_checkpoint, train_run
+    from harness.runs import is_complete
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    progress = threads is None
+    checkpoint = train_run(config, runs_root=runs_root, force=force, progress=progress)
+    for variant in variants:
+        if variant.collect is not None:
+            continue  # collectors are objects of this study: they run in the parent
+        vconfig = override(config, **variant.changes)
+        done = is_complete(evaluation_folder(vconfig, runs_root=runs_root, variant=variant.name), vconfig)
+        if vconfig.eval.measure and not done:  # timed in the parent, alone on the machine; infer now
+            predict_checkpoint(vconfig, checkpoint, runs_root=runs_root, progress=progress)
+        else:
+            evaluate_checkpoint(
+                vconfig, checkpoint, runs_root=runs_root, variant=variant.name, progress=progress
+            )
+    return checkpoint
+
+
+def _train_all(
+    configs: dict[tuple[int, str], RunConfig],
+    variants: list[Variant],
+    *,
+    runs_root: Path,
+    force: bool,
+    jobs: int,
+) -> dict[tuple[int, str], Path]:
+    """:func:`_train_and_predict` for every config, ``jobs`` at a time; a failed run is reported
+    after the others finish (what they wrote is kept either way), naming the row and seed."""
+    checkpoints: dict[tuple[int, str], Path] = {}
+
+    def of_row(row_name: str) -> list[Variant]:
+        return [v for v in variants if v.row == row_name]
+
+    with tqdm(total=len(configs), desc="train and infer rows x seeds", unit="run") as bar:
+        if jobs == 1:
+            for (seed, row_name), config in configs.items():
+                bar.set_postfix_str(f"{row_name} seed={seed}")
+                checkpoints[seed, row_name] = _train_and_predict(
+                    config, of_row(row_name), runs_root, force, None
+                )
+                bar.update(1)
+            return checkpoints
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        import torch
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        failures = []
+        context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(_train_and_predict, config, of_row(key[1]), runs_root, force, threads): key
+                for key, config in configs.items()
+            }
+            for future in as_completed(futures):
+                seed, row_name = futures[future]
+                try:
+                    checkpoints[seed, row_name] = future.result()
+                except Exception as error:  # noqa: BLE001 - re-raised below with the run's name
+                    failures.append((seed, row_name, error))
+                bar.set_postfix_str(f"done {row_name} seed={seed}")
+                bar.update(1)
+        if failures:
+            seed, row_name, error = failures[0]
+            names = ", ".join(f"{r} (seed {s})" for s, r, _ in failures)
+            raise RuntimeError(
+                f"training failed for {names}; first error, {row_name} seed {seed}: {error}"
+            ) from error
+    return checkpoints
 
 
 class Ablation:
@@ -144,11 +247,13 @@ class Ablation:
     def render(self, folder: Path) -> Path:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def run(self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False) -> Path:
+    def run(
+        self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False, jobs: int = 1
+    ) -> Path:
         seeds = list(seeds or ((0,) if quick else self.default_seeds))
         folder = result_folder(out, self.name, quick)
         study = self.build_study(quick)
-        study.run(seeds=seeds, out=folder, force=force)
+        study.run(seeds=seeds, out=folder, force=force, jobs=jobs)
         (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
         report = self.render(folder)
         print(f"report: {report}")

@@ -110,6 +110,17 @@ def training_config(run: Any) -> Any:
     return dataclasses.replace(run, data=data, eval=EvalConfig())
 
 
+def train_shared_phase1(run: Any, *, runs_root: Path, progress: bool = True) -> Path:
+    """The still-image detector of ``run`` (``<runs_root>/phase1-<hash>/final.pt``), trained once and
+    shared by every run with the same phase-1 settings; parallel callers wait for one another."""
+    shared = phase1_dir(Path(runs_root), run)
+    shared.mkdir(parents=True, exist_ok=True)
+    if not (shared / "config.json").exists():
+        write_json(shared / "config.json", phase1_config(run))
+    with _exclusive(shared / ".lock"):  # parallel runs sharing phase 1 train it once
+        return train_phase(run, phase=1, out_dir=shared, progress=progress)
+
+
 def train_run(run: Any, *, runs_root: Path, force: bool = False, progress: bool = True) -> Path:
     """Phase 1 (shared) and phase 2 of ``run``; returns the checkpoint to evaluate.
 
@@ -123,11 +134,7 @@ def train_run(run: Any, *, runs_root: Path, force: bool = False, progress: bool 
         shutil.rmtree(folder)
     start_run(folder, trained)
     shared = phase1_dir(runs_root, run)
-    shared.mkdir(parents=True, exist_ok=True)
-    if not (shared / "config.json").exists():
-        write_json(shared / "config.json", phase1_config(run))
-    with _exclusive(shared / ".lock"):  # parallel runs sharing phase 1 train it once
-        checkpoint = train_phase(run, phase=1, out_dir=shared, progress=progress)
+    checkpoint = train_shared_phase1(run, runs_root=runs_root, progress=progress)
     phase2_records: list[dict[str, Any]] = []
     if run.phase2.steps > 0:
         checkpoint = train_phase(
@@ -155,6 +162,65 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+def evaluation_folder(run: Any, *, runs_root: Path, variant: str) -> Path:
+    """``<training folder>/eval-<variant>-<hash of run>/``: where :func:`evaluate_checkpoint` writes."""
+    training_folder = run_dir(Path(runs_root), training_config(run))
+    return training_folder / f"eval-{_slug(variant)}-{run_id(run).rsplit('-', 1)[1]}"
+
+
+def predict_checkpoint(
+    run: Any,
+    checkpoint: Path,
+    *,
+    runs_root: Path,
+    collect: Callable[..., None] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    videos: list | None = None,
+) -> dict:
+    """Detections of ``checkpoint`` on the validation split with ``run.data.test_support``.
+
+    Cached per test-time support set in ``<training folder>/detections/detections-<hash>.txt``
+    (devkit format), so variants differing only in evaluation settings share one inference and a
+    worker process can run the inference that :func:`evaluate_checkpoint` later reads. A ``collect``
+    callable (see ``harness.infer.predict_split``) always gets a fresh inference."""
+    from harness.data.dataset import load_split
+    from harness.eval.detfile import read_devkit_detections, write_devkit_detections
+
+    training_folder = run_dir(Path(runs_root), training_config(run))
+    if videos is None:
+        videos = load_split(run.data, run.data.val_split)
+    inference_key = {
+        "test_support": dataclasses.asdict(run.data.test_support),
+        "max_val_videos": run.data.max_val_videos,
+        "val_split": run.data.val_split,
+    }
+    digest = hashlib.sha1(json.dumps(inference_key, sort_keys=True).encode()).hexdigest()[:10]
+    detections_path = training_folder / "detections" / f"detections-{digest}.txt"
+    if detections_path.exists() and collect is None and not force:
+        return read_devkit_detections(detections_path, videos, progress=progress)
+    from harness.infer import predict_split
+
+    device = resolve_device(run.device)
+    detector = load_trained(run, checkpoint, device)
+    detections = predict_split(
+        detector,
+        videos,
+        support=run.data.test_support,
+        image_size=run.data.image_size,
+        batch_videos=run.eval.batch_videos,
+        device=device,
+        progress=progress,
+        collect=collect,
+    )
+    detections_path.parent.mkdir(exist_ok=True)
+    tmp = detections_path.with_name(detections_path.name + ".tmp")
+    write_devkit_detections(tmp, videos, detections, progress=progress)
+    tmp.replace(detections_path)
+    write_json(detections_path.with_suffix(".json"), inference_key)
+    return detections
+
+
 def evaluate_checkpoint(
     run: Any,
     checkpoint: Path,
@@ -165,57 +231,27 @@ def evaluate_checkpoint(
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Inference with ``run.data.test_support``, optional Seq-NMS, evaluation and measurement.
+    """Inference with ``run.data.test_support`` (:func:`predict_checkpoint`, cached), optional
+    Seq-NMS, evaluation and measurement.
 
     Written to ``<training folder>/eval-<variant>-<hash of run>/`` (config, env, eval.json,
-    measure.json, result.json, DONE). Detections are cached per test-time support set in
-    ``<training folder>/detections/`` so that variants differing only in Seq-NMS share one inference;
-    a ``collect`` callable (see ``harness.infer.predict_split``) always gets a fresh inference.
-    Returns the flat results row: columns as :func:`flatten_metrics` names them (``devkit_map``,
-    ``coco_ap50``, ``devkit_motion_fast``, ...), Seq-NMS already applied when ``run.eval.seq_nms``.
+    measure.json, result.json, DONE). Returns the flat results row: columns as
+    :func:`flatten_metrics` names them (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...),
+    Seq-NMS already applied when ``run.eval.seq_nms``.
     """
     from harness.data.dataset import load_split
-    from harness.eval.detfile import read_devkit_detections, write_devkit_detections
 
     training_folder = run_dir(Path(runs_root), training_config(run))
-    folder = training_folder / f"eval-{_slug(variant)}-{run_id(run).rsplit('-', 1)[1]}"
+    folder = evaluation_folder(run, runs_root=runs_root, variant=variant)
     if is_complete(folder, run) and not force and collect is None:
         return read_json(folder / "result.json")
     if force and folder.exists():
         shutil.rmtree(folder)
     start_run(folder, run)
-    device = resolve_device(run.device)
-    detector = load_trained(run, checkpoint, device)
     videos = load_split(run.data, run.data.val_split)
-
-    # inference (cached by the test-time data settings) --------------------------------------
-    inference_key = {
-        "test_support": dataclasses.asdict(run.data.test_support),
-        "max_val_videos": run.data.max_val_videos,
-        "val_split": run.data.val_split,
-    }
-    digest = hashlib.sha1(json.dumps(inference_key, sort_keys=True).encode()).hexdigest()[:10]
-    detections_path = training_folder / "detections" / f"detections-{digest}.txt"
-    if detections_path.exists() and collect is None and not force:
-        detections = read_devkit_detections(detections_path, videos, progress=progress)
-    else:
-        from harness.infer import predict_split
-
-        detections = predict_split(
-            detector,
-            videos,
-            support=run.data.test_support,
-            image_size=run.data.image_size,
-            batch_videos=run.eval.batch_videos,
-            device=device,
-            progress=progress,
-            collect=collect,
-        )
-        detections_path.parent.mkdir(exist_ok=True)
-        tmp = detections_path.with_name(detections_path.name + ".tmp")
-        write_devkit_detections(tmp, videos, detections, progress=progress)
-        tmp.replace(detections_path)
-        write_json(detections_path.with_suffix(".json"), inference_key)
+    detections = predict_checkpoint(
+        run, checkpoint, runs_root=runs_root, collect=collect, force=force, progress=progress, videos=videos
+    )
 
     # evaluation ------------------------------------------------------------------------------
     if run.eval.seq_nms:
@@ -232,6 +268,8 @@ def evaluate_checkpoint(
         from harness.measure import measure
 
         num_supports = plan_supports(max(len(v) for v in videos), run.data.test_support)[0].shape[1]
+        device = resolve_device(run.device)
+        detector = load_trained(run, checkpoint, device)
         measurement = measure(
             detector, image_size=run.data.image_size, num_supports=num_supports, device=device
         )
