@@ -44,12 +44,12 @@ class SynthVIDConfig:
     camera_speed: float = 0.008  # max pan speed, fraction of the frame per frame
 
     # degradations: bursts of a few frames, per object (blur, occlusion) or per frame (the rest)
-    burst_length: tuple[int, int] = (2, 5)
-    object_burst_rate: float = 0.06  # chance per frame that an object burst starts
-    frame_burst_rate: float = 0.05  # chance per frame that a frame burst starts
+    burst_length: tuple[int, int] = (1, 3)
+    object_burst_rate: float = 0.11  # chance per frame that an object burst starts
+    frame_burst_rate: float = 0.095  # chance per frame that a frame burst starts
     fast_burst_boost: float = 1.5  # object burst rate x (1 + boost * relative speed / 0.03)
-    object_degradation_weights: tuple[float, float] = (0.6, 0.4)  # motion_blur, occlusion
-    frame_degradation_weights: tuple[float, float, float, float] = (0.3, 0.2, 0.25, 0.25)
+    object_degradation_weights: tuple[float, float] = (0.75, 0.25)  # motion_blur, occlusion
+    frame_degradation_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.15, 0.25)
     # (defocus, illumination, noise, jpeg)
     blur_length: tuple[float, float] = (0.22, 0.34)  # motion-blur length, fraction of the object size...
     blur_per_speed: float = 4.0  # ... plus this many frames of motion
