@@ -292,7 +292,7 @@ def evaluate_checkpoint(
     )
     write_json(folder / "result.json", row)
     mark_done(folder)
-    return row
+    return read_json(folder / "result.json")  # exactly what a later call reads back
 
 
 def run_experiment(

@@ -174,6 +174,17 @@ def mark_done(folder: Path) -> None:
     (folder / DONE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
 
 
+# Columns that identify a results row come first, in this order; every other column follows sorted.
+KEY_COLUMNS = ("run_id", "name", "row", "variant", "group", "seed", "config_hash")
+
+
+def canonical_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with :data:`KEY_COLUMNS` first and the metric columns sorted: the same rows give the
+    same table whether they were just computed or read back from ``result.json`` (stored sorted)."""
+    keys = [c for c in KEY_COLUMNS if c in table.columns]
+    return table[keys + sorted(c for c in table.columns if c not in keys)]
+
+
 def append_results(rows: list[dict[str, Any]], parquet_path: Path | str) -> pd.DataFrame:
     """Add ``rows`` to the Parquet table, replacing existing rows with the same ``run_id``."""
     parquet_path = Path(parquet_path)
@@ -184,6 +195,7 @@ def append_results(rows: list[dict[str, Any]], parquet_path: Path | str) -> pd.D
         old = load_results(parquet_path)
         old = old[~old["run_id"].isin(new["run_id"])]
         new = pd.concat([old, new], ignore_index=True)
+    new = canonical_columns(new)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = parquet_path.with_name(parquet_path.name + ".tmp")
     new.to_parquet(tmp, engine="pyarrow", index=False)

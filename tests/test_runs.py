@@ -283,3 +283,14 @@ def test_retuned_synthvid_gets_new_run_folders(tmp_path, monkeypatch):
     before = (run_dir(tmp_path, run), phase1_dir(tmp_path, run))
     monkeypatch.setattr(synthvid, "GENERATOR_VERSION", "changed")
     assert run_dir(tmp_path, run) != before[0] and phase1_dir(tmp_path, run) != before[1]
+
+
+def test_results_table_has_the_same_columns_whatever_order_a_row_was_built_in(tmp_path):
+    # a fresh evaluation builds its row in insertion order, a reused one reads result.json (sorted keys)
+    fresh = {"run_id": "a", "seed": 0, "devkit_map": 40.0, "coco_ap50": 39.0, "variant": "STSN"}
+    reread = dict(sorted(fresh.items()))
+    first = append_results([fresh], tmp_path / "first.parquet")
+    second = append_results([reread], tmp_path / "second.parquet")
+    pd.testing.assert_frame_equal(first, second)
+    assert list(first.columns) == ["run_id", "variant", "seed", "coco_ap50", "devkit_map"]
+    pd.testing.assert_frame_equal(load_results(tmp_path / "first.parquet"), first)
