@@ -17,6 +17,7 @@ gathers one results row per
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,29 @@ class Variant:
                 raise ValueError(
                     f"variant {self.name!r} changes {key!r}, which is not test-time only; make it a Row"
                 )
+
+
+def doc_paragraph(text: str, which: int | str, constants: dict[str, Any] | None = None) -> str:
+    """One paragraph of a module docstring as report prose: ``which`` is its index or the words it
+    starts with; line breaks become spaces and each ````NAME```` found in ``constants`` becomes its
+    value (``None`` reads "all"), so the report states the numbers the code used."""
+    paragraphs = [p.strip() for p in text.split("\n\n")]
+    if isinstance(which, int):
+        paragraph = paragraphs[which]
+    else:
+        matches = [p for p in paragraphs if p.startswith(which)]
+        if not matches:
+            raise KeyError(f"no docstring paragraph starts with {which!r}")
+        paragraph = matches[0]
+    paragraph = " ".join(paragraph.split())
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if constants is None or name not in constants:
+            return match.group(0)
+        return "all" if constants[name] is None else str(constants[name])
+
+    return re.sub(r"``([A-Z][A-Z0-9_]*)``", value, paragraph)
 
 
 def result_folder(out: Path, name: str, quick: bool) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.base import Ablation, Row, Study, Variant
+from ablations.base import Ablation, Row, Study, Variant, doc_paragraph
 from ablations.stsn import BASE as STSN_BASE
 from ablations.stsn import QUICK
 from harness.config import AggregationConfig, SupportSpec, override
@@ -67,7 +67,7 @@ class CalibrationAblation(Ablation):
     def render(self, folder: Path) -> Path:
         results = pd.read_parquet(folder / "results.parquet")
         doc = Document("SynthVID calibration")
-        doc.add(Paragraph(__doc__.split("\n\n")[1].replace("\n", " ")))
+        doc.add(Paragraph(doc_paragraph(__doc__, 1)))
         doc.add(Paragraph(DEFINITIONS_NOTE))
         doc.add(Table(summarise(results, [row.name for row in ROWS])))
         single, oracle = (per_seed(results, row.name) for row in ROWS)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablations.base import Ablation, Row, Study, Variant
+from ablations.base import Ablation, Row, Study, Variant, doc_paragraph
 from ablations.collectors import FusionWeightsByOffset, SamplingLocations
 from harness.config import (
     AggregationConfig,
@@ -319,9 +319,10 @@ class STSNAblation(Ablation):
         quick = self.is_quick(folder)
         numbers = paper(NAME)
         doc = Document("STSN on SynthVID: spatiotemporal sampling vs flow warping")
-        doc.add(Paragraph(__doc__.split("\n\n")[1].replace("\n", " ")))
-        deviations = next(p for p in __doc__.split("\n\n") if p.startswith("Deviations"))
-        doc.add(Paragraph(deviations.replace("\n", " ")))
+        doc.add(Paragraph(doc_paragraph(__doc__, 1)))
+        sizes = {"TABLE_T": TABLE_T, "TABLE_VIDEOS": TABLE_VIDEOS_QUICK if quick else TABLE_VIDEOS,
+                 "SWEEP_VIDEOS": SWEEP_VIDEOS_QUICK if quick else SWEEP_VIDEOS}
+        doc.add(Paragraph(doc_paragraph(__doc__, "Deviations", sizes)))
         seeds = sorted(results["seed"].unique().tolist())
         doc.add(
             Paragraph(
