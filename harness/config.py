@@ -60,7 +60,9 @@ class DataConfig:
     synth_seed: int = 0
     train_split: str = "train"
     val_split: str = "val"
-    train_list: str | None = None  # optional FGFA ImageSets list restricting training frames
+    # optional: restrict training references to an FGFA ImageSets list (file or name under ImageSets/),
+    # or, with format="cocovid", "is_vid_train_frame" to the frames the JSON flags (mmtracking's choice)
+    train_list: str | None = None
     max_val_videos: int | None = None
     image_size: int = 128  # frames are resized so the longer side equals this
     train_support: SupportSpec = SupportSpec()

@@ -183,3 +183,30 @@ def read_cocovid(
         )
     policy.log_summary(f"read_cocovid({json_path})")
     return videos
+
+
+TRAIN_FRAME_FLAG = "is_vid_train_frame"
+
+
+def read_cocovid_train_frames(json_path: str | Path) -> list[tuple[str, int]]:
+    """``(video name, frame_id)`` of the images flagged ``is_vid_train_frame``, in file order: the
+    frames mmtracking trains on (the counterpart of :func:`write_cocovid`'s ``train_frames``).
+
+    Raises :class:`DataError` naming the file when no image carries the flag at all (then the file
+    cannot say which frames are training frames)."""
+    json_path = Path(json_path)
+    try:
+        document = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{json_path}: COCO-VID file not found") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{json_path}: malformed JSON ({error})") from None
+    names = {video["id"]: video["name"] for video in document.get("videos", [])}
+    images = document.get("images", [])
+    if not any(TRAIN_FRAME_FLAG in image for image in images):
+        raise DataError(f"{json_path}: no image has {TRAIN_FRAME_FLAG!r}, so no training frames are marked")
+    return [
+        (names[image["video_id"]], int(image["frame_id"]))
+        for image in images
+        if image.get(TRAIN_FRAME_FLAG, False) and image["video_id"] in names
+    ]

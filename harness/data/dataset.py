@@ -21,7 +21,7 @@ from tqdm import tqdm
 from harness.config import DataConfig, SupportSpec
 from harness.data import imagesets
 from harness.data.cache import FrameCache
-from harness.data.cocovid import read_cocovid
+from harness.data.cocovid import TRAIN_FRAME_FLAG, read_cocovid, read_cocovid_train_frames
 from harness.data.errors import DataError
 from harness.data.flow import chained_flow, letterbox_flow, load_flow
 from harness.data.records import FrameRecord, VideoRecord
@@ -302,8 +302,9 @@ def build_dataset(data: DataConfig, split: str, *, phase: int, seed: int) -> Vid
       training split, every DET still once.
     * phase 2 (video model): ``train_support`` on the training split (stills mixed in at
       ``still_fraction``), ``test_support`` on any other split.
-    Training references follow ``data.train_list`` (an FGFA list) when set. SynthVID keeps decoded
-    frames as ``.npy`` under ``<root>/cache``; other roots are cached in memory only.
+    Training references follow ``data.train_list`` when set: an FGFA list, or with ``format="cocovid"``
+    ``"is_vid_train_frame"`` for the frames the COCO-VID file flags (as mmtracking trains). SynthVID
+    keeps decoded frames as ``.npy`` under ``<root>/cache``; other roots are cached in memory only.
     """
     if phase not in (1, 2):
         raise ValueError(f"phase must be 1 or 2, got {phase}")
@@ -311,7 +312,13 @@ def build_dataset(data: DataConfig, split: str, *, phase: int, seed: int) -> Vid
     videos = load_split(data, split)
     training = split == data.train_split
     frames: str | list[tuple[str, int]] = "all"
-    if training and data.train_list is not None:
+    if training and data.train_list == TRAIN_FRAME_FLAG:
+        if data.format != "cocovid":
+            raise ValueError(f"train_list={TRAIN_FRAME_FLAG!r} needs format='cocovid' (a COCO-VID flag)")
+        frames = read_cocovid_train_frames(data.cocovid_json.format(split=split))
+        loaded = {v.name for v in videos}
+        frames = [pair for pair in frames if pair[0] in loaded]
+    elif training and data.train_list is not None:
         list_path = Path(data.train_list)
         list_path = list_path if list_path.is_file() else root / "ImageSets" / list_path
         frames = [(e.video, e.frame_id) for e in imagesets.read_train_frames(list_path)]

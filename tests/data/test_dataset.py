@@ -250,3 +250,45 @@ def test_default_root_is_synthvid_with_cached_records(tiny_synthvid, monkeypatch
     again = load_split(data, "val")  # from the pickle: the same records
     assert [f.boxes.tolist() for f in again[0].frames] == [f.boxes.tolist() for f in first[0].frames]
     assert len(load_split(data, "det")) == 20
+
+
+def test_cocovid_training_frames_follow_is_vid_train_frame(tiny_synthvid, tmp_path):
+    from harness.data import imagesets
+    from harness.data.cocovid import write_cocovid
+
+    # a COCO-VID file that flags the frames of VID_train_every10frames.txt
+    every10 = imagesets.read_train_frames(tiny_synthvid / "ImageSets" / "VID_train_every10frames.txt")
+    image_root = tiny_synthvid / "Data" / "VID"
+    for split in ("train", "val"):
+        write_cocovid(read_vid_split(tiny_synthvid, split), tmp_path / f"{split}.json", image_root,
+                      train_frames={(e.video, e.frame_id) for e in every10})
+    cocovid = DataConfig(root=str(image_root), format="cocovid", cocovid_json=str(tmp_path / "{split}.json"),
+                         train_list="is_vid_train_frame")
+    flagged = build_dataset(cocovid, "train", phase=2, seed=0)
+    listed = build_dataset(
+        DataConfig(root=str(tiny_synthvid), train_list="VID_train_every10frames.txt"),
+        "train",
+        phase=2,
+        seed=0,
+    )
+
+    def frames(dataset):
+        return [(s.frame.video, s.frame.frame_id) for s in (dataset[i] for i in range(len(dataset)))]
+
+    assert frames(flagged) == frames(listed) and [f for _, f in frames(flagged)] == [0, 10] * 4
+    assert len(build_dataset(cocovid, "val", phase=2, seed=0)) == 2 * 12  # evaluation is never restricted
+    with pytest.raises(ValueError, match="format='cocovid'"):
+        build_dataset(DataConfig(root=str(tiny_synthvid), train_list="is_vid_train_frame"), "train",
+                      phase=2, seed=0)
+
+
+def test_cocovid_train_frames_need_the_flag(tmp_path):
+    import json
+
+    from harness.data.cocovid import read_cocovid_train_frames
+
+    path = tmp_path / "noflag.json"
+    path.write_text(json.dumps({"videos": [{"id": 1, "name": "v"}], "images": [
+        {"id": 1, "video_id": 1, "frame_id": 0, "file_name": "v/000000.JPEG", "width": 8, "height": 8}]}))
+    with pytest.raises(DataError, match="noflag.json.*is_vid_train_frame"):
+        read_cocovid_train_frames(path)
