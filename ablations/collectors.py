@@ -77,7 +77,9 @@ class SamplingLocations:
     Uses ``aux["sampling_offsets"]`` (B, T, 2 * kh * kw * G, H, W) in torchvision's (dy, dx) per-tap
     order, for a ``kernel`` x ``kernel`` deformable convolution of dilation 1 on the feature grid.
     Keeps the first ``limit`` centres: reference frame path, support frame paths, the centre and the
-    sampled points of the first deformable group, in original image pixels."""
+    sampled points of the first deformable group, in original image pixels, and, when the alignment
+    provides ``aux["sampling_tap_weight"]`` (B, T, kh * kw, H, W), each tap's share of the sampling
+    conv's weight (``tap_weight``; how much that location can contribute)."""
 
     def __init__(self, image_size: int, kernel: int = 3, limit: int = 8):
         self.image_size, self.kernel, self.limit = image_size, kernel, limit
@@ -109,6 +111,9 @@ class SamplingLocations:
             stride = self.image_size / height
             index, row, col = _centre_cells(frame, self.image_size, height, width)[0]
             points = []
+            tap_weight = aux.get("sampling_tap_weight")
+            if tap_weight is not None:
+                tap_weight = tap_weight[b, 0, :, row, col].float().tolist()
             for t in range(supports):
                 delta = sampling[b, t, : 2 * taps, row, col].reshape(taps, 2)  # (taps, 2) (dy, dx)
                 grid = (base + delta + torch.tensor([row, col]).float()) * stride + stride / 2
@@ -121,6 +126,7 @@ class SamplingLocations:
                     "box": [float(v) for v in frame.boxes[index]],
                     "support_offsets": [int(k) for k in offsets[b].tolist()],
                     "points_xy": points,
+                    "tap_weight": tap_weight,
                 }
             )
             self.count += 1

@@ -356,6 +356,7 @@ class STSNAblation(Ablation):
                 results[results["group"] == "table1"]
                 .groupby("variant", sort=False)[extra]
                 .mean()
+                .dropna(how="all")  # the Seq-NMS variants reuse their row's detections: not timed
                 .reset_index()
             )
             doc.add(
@@ -513,7 +514,15 @@ class STSNAblation(Ablation):
             path=folder / "fig4.png",
             title="red: the 3x3 deformable taps at the object's centre (last layer)",
         )
-        doc.add(Figure(path, "green: reference box and centre; red: sampled locations in each support frame"))
+        caption = "green: reference box and centre; red: sampled locations in each support frame"
+        shares = [e["tap_weight"] for e in examples if e.get("tap_weight")]
+        if shares:
+            centre = float(np.mean([share[len(share) // 2] for share in shares]))
+            caption += (
+                "; a point's area is proportional to its tap's share of the sampling kernel's weight "
+                f"(the centre tap holds {centre:.0%} of it)"
+            )
+        doc.add(Figure(path, caption))
 
 
 def _support_image(example: dict, offset: int) -> np.ndarray:

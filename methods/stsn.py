@@ -78,8 +78,10 @@ class STSNAlignment(Alignment):
             and averages sampled features only; False fuses the raw reference.
 
     ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C, H, W), aux={"sampling_offsets": (B, T,
-    2 * deformable_groups * k * k, H, W)})``: the resampled supports and the offsets of the last
-    deformable conv (the sampling locations of the paper's Fig. 4).
+    2 * deformable_groups * k * k, H, W), "sampling_tap_weight": (B, T, k * k, H, W)})``: the
+    resampled supports, the offsets of the last deformable conv (the sampling locations of the
+    paper's Fig. 4) and each of its taps' share of that conv's weight norm (how much a sampled
+    location can matter; the same at every pixel: an expanded view, detached).
     """
 
     def __init__(
@@ -137,6 +139,12 @@ class STSNAlignment(Alignment):
             self.sampling_conv.weight[:, :, centre, centre] = torch.eye(self.channels)
             self.sampling_conv.bias.zero_()
 
+    @torch.no_grad()
+    def tap_weight_share(self) -> Tensor:
+        """(k * k,): each tap's share of the final sampling conv's weight (L2 norm over channels)."""
+        norms = self.sampling_conv.weight.detach().pow(2).sum(dim=(0, 1)).sqrt().reshape(-1)
+        return norms / norms.sum().clamp_min(1e-12)
+
     def sample(self, reference: Tensor, support: Tensor) -> tuple[Tensor, Tensor]:
         """One batch of pairs: ``reference``, ``support`` (N, C, H, W) -> (resampled support (N, C, H, W),
         last offsets (N, 2 * groups * k * k, H, W))."""
@@ -152,15 +160,21 @@ class STSNAlignment(Alignment):
         b, t, c, h, w = ctx.supports.shape
         if t == 0:
             no_offsets = ctx.supports.new_zeros(b, 0, self.offset_convs[-1].out_channels, h, w)
-            return AlignmentOutput(ctx.supports, {"sampling_offsets": no_offsets})
+            no_taps = ctx.supports.new_zeros(b, 0, self.kernel_size**2, h, w)
+            aux = {"sampling_offsets": no_offsets, "sampling_tap_weight": no_taps}
+            return AlignmentOutput(ctx.supports, aux)
         reference = ctx.reference.unsqueeze(1).expand(b, t, c, h, w).reshape(b * t, c, h, w)  # (B*T, C, H, W)
         support = ctx.supports.reshape(b * t, c, h, w)  # (B, T, C, H, W) -> (B*T, C, H, W)
         if self.resample_reference:  # one batch: B*T support pairs, then B (reference, reference) pairs
             reference = torch.cat([reference, ctx.reference])  # (B*T + B, C, H, W)
             support = torch.cat([support, ctx.reference])
         sampled, offsets = self.sample(reference, support)
+        taps = self.tap_weight_share().view(1, 1, -1, 1, 1).expand(b, t, -1, h, w)  # (B, T, k*k, H, W)
         return AlignmentOutput(
             features=sampled[: b * t].reshape(b, t, c, h, w),  # (B*T, C, H, W) -> (B, T, C, H, W)
-            aux={"sampling_offsets": offsets[: b * t].reshape(b, t, -1, h, w)},  # (B, T, 2*G*k*k, H, W)
+            aux={
+                "sampling_offsets": offsets[: b * t].reshape(b, t, -1, h, w),  # (B, T, 2*G*k*k, H, W)
+                "sampling_tap_weight": taps,
+            },
             reference=sampled[b * t :] if self.resample_reference else None,  # (B, C, H, W): g_{t,t}
         )

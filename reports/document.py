@@ -56,7 +56,7 @@ class Document:
             elif isinstance(block, Table):
                 if block.caption:
                     lines += [f"*{block.caption}*", ""]
-                lines += [_format(block).to_markdown(index=False), ""]
+                lines += [_format(block).to_markdown(index=False, disable_numparse=True), ""]
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)
                 lines += [f"![{block.caption}]({rel})", "", f"*{block.caption}*" if block.caption else "", ""]
@@ -100,7 +100,8 @@ class Document:
 
 
 def _format(table: Table) -> pd.DataFrame:
-    """Floats formatted for display; NaN shown as empty."""
+    """Floats formatted for display; NaN shown as empty. The Markdown keeps every cell as formatted
+    here (no re-parsing of "+0.0" into "0")."""
     out = table.frame.copy()
     for column in out.columns:
         if pd.api.types.is_float_dtype(out[column]):

@@ -58,7 +58,10 @@ def sampling_locations(
 ) -> Path:
     """Reference frame with its box, and each support frame with the sampled points at the box centre.
 
-    ``image_for(example, offset)`` returns the RGB uint8 image of the support frame at that offset."""
+    ``image_for(example, offset)`` returns the RGB uint8 image of the support frame at that offset.
+    Each axis shows the whole frame and nothing beyond it: points outside the frame are counted in
+    the panel's title instead. With ``example["tap_weight"]`` a point's area is proportional to its
+    tap's weight share (so a tap that hardly contributes reads as one)."""
     examples = examples[:max_examples]
     if not examples:
         raise ValueError("no sampling examples were collected")
@@ -72,14 +75,23 @@ def sampling_locations(
         axes[r, 0].add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.5))
         axes[r, 0].plot([(x1 + x2) / 2], [(y1 + y2) / 2], "o", color="lime", ms=4)
         axes[r, 0].set_title(f"ref {example['video'].split('/')[-1][-6:]}:{example['frame_id']}", fontsize=7)
+        share = example.get("tap_weight")
         for t, (offset, points) in enumerate(
             zip(example["support_offsets"], example["points_xy"], strict=True)
         ):
             ax = axes[r, t + 1]
-            ax.imshow(image_for(example, offset))
+            image = image_for(example, offset)
+            height, width = image.shape[:2]
+            ax.imshow(image)
             pts = np.asarray(points)
-            ax.plot(pts[:, 0], pts[:, 1], "o", color="red", ms=3)
-            ax.set_title(f"support k={offset:+d}", fontsize=7)
+            sizes = 9.0 if share is None else 4.0 + 120.0 * np.asarray(share)
+            ax.scatter(pts[:, 0], pts[:, 1], s=sizes, color="red", edgecolors="white", linewidths=0.4)
+            ax.set_xlim(-0.5, width - 0.5)
+            ax.set_ylim(height - 0.5, -0.5)
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < width) & (pts[:, 1] >= 0) & (pts[:, 1] < height)
+            outside = int((~inside).sum())
+            suffix = f", {outside}/{len(pts)} outside" if outside else ""
+            ax.set_title(f"support k={offset:+d}{suffix}", fontsize=7)
         for ax in axes[r]:
             ax.axis("off")
     fig.suptitle(title, fontsize=9)

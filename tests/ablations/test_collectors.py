@@ -63,3 +63,33 @@ def test_variant_must_be_test_time_only():
     with pytest.raises(ValueError, match="not test-time only"):
         Variant("bad", "row", {"phase2.steps": 3})
     Variant("ok", "row", {"data.test_support": None, "eval.seq_nms": True})
+
+
+def test_sampling_locations_keep_the_tap_weights_and_the_figure_stays_on_the_frame(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from reports.figures import sampling_locations
+
+    sampling = torch.zeros(1, 1, 18, 8, 8)
+    sampling[0, 0, 0:2, 5, 2] = torch.tensor([0.0, -20.0])  # tap 0 pushed 160 px left of the frame
+    share = torch.full((1, 1, 9, 8, 8), 0.05)
+    share[:, :, 4] = 0.6
+    collector = SamplingLocations(image_size=64, kernel=3)
+    aux = {"sampling_offsets": sampling, "sampling_tap_weight": share}
+    collector([_frame((10, 34, 30, 54))], torch.tensor([[1]]), aux)
+    (example,) = collector.summary()["examples"]
+    assert example["tap_weight"] == pytest.approx([0.05] * 4 + [0.6] + [0.05] * 4)
+
+    panels = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        panels.extend((ax.get_title(), ax.get_xlim(), ax.get_ylim()) for ax in fig.axes[1:])
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    black = np.zeros((64, 64, 3), np.uint8)
+    path = sampling_locations([example], image_for=lambda e, k: black, path=tmp_path / "f.png", title="t")
+    assert path.stat().st_size > 1000
+    # the panel shows the whole frame and nothing beyond it, and says what fell outside
+    assert panels == [("support k=+1, 1/9 outside", (-0.5, 63.5), (63.5, -0.5))]

@@ -98,3 +98,16 @@ def test_reference_is_resampled_through_the_block_as_g_tt():
     torch.testing.assert_close(out.reference, expected)
     assert not torch.allclose(out.reference, ctx.reference)
     assert STSNAlignment(8, resample_reference=False)(ctx).reference is None
+
+
+def test_tap_weight_share_reports_how_much_each_tap_can_contribute() -> None:
+    ctx = _context()
+    alignment = STSNAlignment(channels=4)  # identity init: only the centre tap has weight
+    taps = alignment(ctx).aux["sampling_tap_weight"]
+    assert taps.shape == (2, 3, 9, 6, 6) and not taps.requires_grad
+    expected = torch.zeros(9)
+    expected[4] = 1.0
+    torch.testing.assert_close(taps[1, 2, :, 3, 0], expected)
+    with torch.no_grad():
+        alignment.sampling_conv.weight[:, :, 0, 0] = torch.eye(4)  # tap 0 now as strong as the centre
+    torch.testing.assert_close(alignment.tap_weight_share()[[0, 4]], torch.tensor([0.5, 0.5]))

@@ -16,3 +16,10 @@ def test_markdown_and_html_carry_the_same_content(tmp_path):
     assert "1.2" in md and "1.2" in html and "nan" not in md.lower() and "nan" not in html.lower()
     assert "![a figure](f.png)" in md and "src='f.png'" in html
     assert "<code>devkit</code>" in html
+
+
+def test_markdown_keeps_cells_as_formatted(tmp_path):
+    doc = Document("T")
+    doc.add(Table(pd.DataFrame({"claim": ["a", "b"], "a - b": ["+0.0", "+14.0"], "map": [1.0, 2.25]})))
+    md = doc.write(tmp_path)[0].read_text()
+    assert "+0.0" in md and "+14.0" in md and "2.2" in md
