@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 ABLATION_PACKAGE = "ablations"
-# Two single-threaded trainings beat one two-threaded training on small CPU convolutions
-# (measured 1.2x on the 2-core machine, README "STSN ablation"); `--jobs 1` runs everything here.
+# Rows x seeds are independent trainings: on a small CPU detector two single-threaded processes keep
+# both cores busier than one two-threaded process (torch's intra-op parallelism on 16x16 feature maps
+# is poor). `--jobs 1` runs everything in this process.
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
 
