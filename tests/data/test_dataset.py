@@ -292,3 +292,22 @@ def test_cocovid_train_frames_need_the_flag(tmp_path):
         {"id": 1, "video_id": 1, "frame_id": 0, "file_name": "v/000000.JPEG", "width": 8, "height": 8}]}))
     with pytest.raises(DataError, match="noflag.json.*is_vid_train_frame"):
         read_cocovid_train_frames(path)
+
+
+def test_flow_cache_holds_every_video_of_each_preset():
+    # training samples videos at random: a cache smaller than the split decompresses a .npz per sample
+    from harness.data.flow import FLOW_CACHE_VIDEOS
+    from harness.data.synthvid.config import PRESETS
+
+    for name, preset in PRESETS.items():
+        assert preset.num_train_videos + preset.num_val_videos <= FLOW_CACHE_VIDEOS, name
+
+
+def test_flow_is_loaded_once_per_video(val_videos):
+    from harness.data.flow import load_flow
+
+    load_flow.cache_clear()
+    for ref in range(len(val_videos[0])):
+        oracle_flow_for(val_videos[0], ref, np.array([0, len(val_videos[0]) - 1]), 32)
+    info = load_flow.cache_info()
+    assert (info.misses, info.hits) == (1, len(val_videos[0]) - 1)
