@@ -91,6 +91,16 @@ def write_cocovid(
     json_path.write_text(json.dumps(document))
 
 
+def _load_document(json_path: Path) -> dict:
+    """The parsed COCO-VID file; a missing or malformed file raises :class:`DataError` naming it."""
+    try:
+        return json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{json_path}: COCO-VID file not found") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{json_path}: malformed JSON ({error})") from None
+
+
 def read_cocovid(
     json_path: str | Path,
     image_root: str | Path,
@@ -106,12 +116,7 @@ def read_cocovid(
     """
     json_path, image_root = Path(json_path), Path(image_root)
     policy = BadInputPolicy(on_bad_input, skip_report)
-    try:
-        document = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{json_path}: COCO-VID file not found") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{json_path}: malformed JSON ({error})") from None
+    document = _load_document(json_path)
     for key in ("videos", "images", "annotations", "categories"):
         if key not in document:
             raise DataError(f"{json_path}: missing top-level key {key!r}")
@@ -195,12 +200,7 @@ def read_cocovid_train_frames(json_path: str | Path) -> list[tuple[str, int]]:
     Raises :class:`DataError` naming the file when no image carries the flag at all (then the file
     cannot say which frames are training frames)."""
     json_path = Path(json_path)
-    try:
-        document = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{json_path}: COCO-VID file not found") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{json_path}: malformed JSON ({error})") from None
+    document = _load_document(json_path)
     names = {video["id"]: video["name"] for video in document.get("videos", [])}
     images = document.get("images", [])
     if not any(TRAIN_FRAME_FLAG in image for image in images):
