@@ -112,8 +112,10 @@ class SamplingLocations:
             index, row, col = _centre_cells(frame, self.image_size, height, width)[0]
             points = []
             tap_weight = aux.get("sampling_tap_weight")
-            if tap_weight is not None:
+            if tap_weight is not None and tap_weight.shape[1] > 0:
                 tap_weight = tap_weight[b, 0, :, row, col].float().tolist()
+            else:
+                tap_weight = None
             for t in range(supports):
                 delta = sampling[b, t, : 2 * taps, row, col].reshape(taps, 2)  # (taps, 2) (dy, dx)
                 grid = (base + delta + torch.tensor([row, col]).float()) * stride + stride / 2
