@@ -8,15 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
 ABLATION_PACKAGE = "ablations"
-# Rows x seeds are independent trainings: on a small CPU detector two single-threaded processes keep
-# both cores busier than one two-threaded process (torch's intra-op parallelism on 16x16 feature maps
-# is poor). `--jobs 1` runs everything in this process.
-DEFAULT_JOBS = min(2, os.cpu_count() or 1)
+# Rows x seeds are independent trainings and may run in parallel processes (`--jobs N`, torch threads
+# split among them). On the 2-core machine two one-thread jobs were slower than one two-thread job
+# (0.91x at 300 phase-2 steps: `python -m tests.benchmarks.jobs_speedup`), so the default is serial.
+DEFAULT_JOBS = 1
 
 
 def _generate(args: argparse.Namespace) -> int:
