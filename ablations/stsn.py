@@ -145,16 +145,22 @@ ROWS = [
 ]
 
 
+def _video_subsets(quick: bool) -> tuple[int | None, int]:
+    """(Table 1, sweeps): how many of the first validation videos each is tested on (None = all)."""
+    return (TABLE_VIDEOS_QUICK, SWEEP_VIDEOS_QUICK) if quick else (TABLE_VIDEOS, SWEEP_VIDEOS)
+
+
 def _variants(quick: bool) -> list[Variant]:
     """Table 1 rows (timed) and the sweeps (untimed), each on the first videos of the validation split."""
-    subset = {"data.max_val_videos": SWEEP_VIDEOS_QUICK if quick else SWEEP_VIDEOS, "eval.measure": False}
+    table_videos, sweep_videos = _video_subsets(quick)
+    subset = {"data.max_val_videos": sweep_videos, "eval.measure": False}
 
     def sliding(radius: int, stride: int = 1) -> SupportSpec:
         return SupportSpec("sliding", radius=radius, stride=stride, boundary="pad") if radius else NO_SUPPORT
 
     variants = []
     for row in ROWS:
-        table = {"data.max_val_videos": TABLE_VIDEOS_QUICK if quick else TABLE_VIDEOS}
+        table = {"data.max_val_videos": table_videos}
         variants.append(Variant(row.name, row.name, table, group="table1"))
         seq_nms = {**table, "eval.seq_nms": True, "eval.measure": False}
         variants.append(Variant(f"{row.name} + Seq-NMS", row.name, seq_nms, group="table1"))
@@ -320,8 +326,8 @@ class STSNAblation(Ablation):
         numbers = paper(NAME)
         doc = Document("STSN on SynthVID: spatiotemporal sampling vs flow warping")
         doc.add(Paragraph(doc_paragraph(__doc__, 1)))
-        sizes = {"TABLE_T": TABLE_T, "TABLE_VIDEOS": TABLE_VIDEOS_QUICK if quick else TABLE_VIDEOS,
-                 "SWEEP_VIDEOS": SWEEP_VIDEOS_QUICK if quick else SWEEP_VIDEOS}
+        table_videos, sweep_videos = _video_subsets(quick)
+        sizes = {"TABLE_T": TABLE_T, "TABLE_VIDEOS": table_videos, "SWEEP_VIDEOS": sweep_videos}
         doc.add(Paragraph(doc_paragraph(__doc__, "Deviations", sizes)))
         seeds = sorted(results["seed"].unique().tolist())
         doc.add(

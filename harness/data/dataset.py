@@ -316,12 +316,11 @@ def build_dataset(data: DataConfig, split: str, *, phase: int, seed: int) -> Vid
         if data.format != "cocovid":
             raise ValueError(f"train_list={TRAIN_FRAME_FLAG!r} needs format='cocovid' (a COCO-VID flag)")
         frames = read_cocovid_train_frames(data.cocovid_json.format(split=split))
-        loaded = {v.name for v in videos}
-        frames = [pair for pair in frames if pair[0] in loaded]
     elif training and data.train_list is not None:
         list_path = Path(data.train_list)
         list_path = list_path if list_path.is_file() else root / "ImageSets" / list_path
         frames = [(e.video, e.frame_id) for e in imagesets.read_train_frames(list_path)]
+    if not isinstance(frames, str):  # a list may name videos this split did not load
         loaded = {v.name for v in videos}
         frames = [pair for pair in frames if pair[0] in loaded]
     stills: list[VideoRecord] = []
