@@ -3,19 +3,21 @@
 An ablation declares
 
 * a base :class:`~harness.config.RunConfig` and ``quick`` deltas (smaller data, fewer steps);
-* :class:`Row` s: trained configurations, each a named set of dotted overrides of the base, so the
-  difference between two rows is exactly the thing ablated;
-* :class:`Variant` s: test-time changes of a trained row (support frames, stride, Seq-NMS) that
-  reuse its checkpoint instead of training again.
+* :class:`Row` s: trained configurations, each a named set of dotted overrides of the base that
+  carries the row's whole difference (rows shared by several papers come from ``ablations.common``);
+* :class:`Variant` s: test-time changes of a trained row (``RunConfig.test``: support frames,
+  stride, Seq-NMS, a validation subset) that reuse its checkpoint instead of training again.
 
 :class:`Study` runs them for every seed (skipping what is finished, resuming what was interrupted:
-both handled by the run folders of ``harness.pipeline``, shared by all ablations in ``<out>/runs``),
-gathers one results row per
-(variant, seed) of this invocation into ``results.parquet`` and hands the table to the ablation's report.
+both handled by the run folders of ``harness.pipeline``, shared by all ablations in ``<out>/../runs``
+and keyed by what they train, so a row two studies share is trained once), gathers one results row
+per (variant, seed) of this invocation into ``results.parquet`` and hands the table to the
+ablation's report. An :class:`Ablation` is a paper's study plus its report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -27,23 +29,25 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness.config import RunConfig, override
+from harness.config import RunConfig, TestConfig, override
+
+_TEST_FIELDS = tuple(f.name for f in dataclasses.fields(TestConfig))
 
 
 @dataclass(frozen=True)
 class Row:
-    """A trained configuration: ``changes`` are dotted overrides of the ablation's base config."""
+    """A trained configuration: ``changes`` are dotted overrides of the ablation's base config
+    (``"model.aggregation"``, ``"data.train_support"``, ``"test.support"``, ...)."""
 
     name: str
     changes: dict[str, Any] = field(default_factory=dict)
-    paper_key: str | None = None  # this row's entry in the paper's table, if it has one
-    description: str = ""
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A test-time evaluation of a trained row (no training): ``changes`` may touch only
-    ``data.test_support``, ``data.max_val_videos`` and ``eval.*``."""
+    """A test-time evaluation of a trained row (no training): ``changes`` are fields of
+    :class:`~harness.config.TestConfig` (``support``, ``max_videos``, ``seq_nms``, ``measure``, ...),
+    applied to the row's ``test`` section; anything else is not a variant but a row."""
 
     name: str
     row: str
@@ -51,14 +55,17 @@ class Variant:
     group: str = "table"  # which table/figure of the report uses it
     collect: str | None = None  # name of a collector the ablation provides (fusion weights, offsets)
 
-    TEST_TIME_PREFIXES = ("data.test_support", "data.max_val_videos", "eval.")
-
     def __post_init__(self) -> None:
         for key in self.changes:
-            if not key.startswith(self.TEST_TIME_PREFIXES):
+            if key not in _TEST_FIELDS:
                 raise ValueError(
-                    f"variant {self.name!r} changes {key!r}, which is not test-time only; make it a Row"
+                    f"variant {self.name!r} changes {key!r}, which is not a test-time field "
+                    f"(TestConfig: {', '.join(_TEST_FIELDS)}); make it a Row"
                 )
+
+    def apply(self, config: RunConfig) -> RunConfig:
+        """``config`` with this variant's test-time changes."""
+        return dataclasses.replace(config, test=override(config.test, **self.changes))
 
 
 def doc_paragraph(text: str, which: int | str, constants: dict[str, Any] | None = None) -> str:
@@ -97,10 +104,21 @@ class Study:
     rows: list[Row]
     variants: list[Variant]
     collectors: dict[str, Callable[[], Any]] = field(default_factory=dict)
-    prepare: Callable[[RunConfig, Path], RunConfig] | None = None  # e.g. pretrain a flow net once
 
-    def row_config(self, row: Row, seed: int, base: RunConfig) -> RunConfig:
-        return override(base, name=f"{self.name}-{row.name}", seed=seed, **row.changes)
+    def row_config(self, row: Row, seed: int, base: RunConfig | None = None) -> RunConfig:
+        """The run of ``row`` at ``seed``; its name (a label, not part of any run identity) is the row's."""
+        return override(self.base if base is None else base, name=row.name, seed=seed, **row.changes)
+
+    def check(self) -> None:
+        """Build every row's phase-2 model once (no training): an unknown method name, a bad
+        keyword or a method without supports fails here, naming the row, before anything trains."""
+        from harness.build import build_model
+
+        for row in self.rows:
+            try:
+                build_model(self.row_config(row, 0), phase=2)
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{self.name}: row {row.name!r} cannot be built: {error}") from error
 
     def run(self, *, seeds: list[int], out: Path, force: bool = False, jobs: int = 1) -> pd.DataFrame:
         """Train every row for every seed, then evaluate its variants; returns the results table.
@@ -111,7 +129,7 @@ class Study:
         convolutions use two cores better as two processes than as two threads). The shared phase
         1, the collectors (Fig. 3 right, Fig. 4) and every timed measurement run in this process
         after the workers are done, so a measured FPS never shares the machine with another job."""
-        from harness.pipeline import evaluate_checkpoint, train_shared_phase1
+        from harness.pipeline import evaluate_checkpoint, resolved_aggregation, train_shared_phase1
         from harness.runs import append_results, load_results
 
         if jobs < 1:
@@ -123,13 +141,15 @@ class Study:
         for variant in self.variants:
             if variant.row not in rows_by_name:
                 raise KeyError(f"variant {variant.name!r} refers to unknown row {variant.row!r}")
+        self.check()
         started = time.perf_counter()
         configs = {}
         for seed in seeds:
             for row in self.rows:
-                config = self.row_config(row, seed, self.base)
+                config = self.row_config(row, seed)
                 train_shared_phase1(config, runs_root=runs_root)  # once, before any parallel job
-                configs[seed, row.name] = self.prepare(config, out) if self.prepare else config
+                resolved_aggregation(config, runs_root=runs_root)  # preparations too
+                configs[seed, row.name] = config
         checkpoints = _train_all(configs, self.variants, runs_root=runs_root, force=force, jobs=jobs)
         trained = time.perf_counter()
 
@@ -139,19 +159,24 @@ class Study:
                 bar.set_postfix_str(f"{row_name} seed={seed}")
                 results = []
                 for variant in (v for v in self.variants if v.row == row_name):
-                    vconfig = override(config, **variant.changes)
+                    variant_config = variant.apply(config)
                     collected = out / "collected" / f"{variant.name}-s{seed}.json"
                     wants = variant.collect is not None and (force or not collected.exists())
                     collector = self.collectors[variant.collect]() if wants else None
                     result = evaluate_checkpoint(
-                        vconfig,
+                        variant_config,
                         checkpoints[seed, row_name],
                         runs_root=runs_root,
-                        variant=variant.name,
                         collect=collector,
                         # force already redid the training folder (and its evaluations) above
                     )
-                    result.update(row=row_name, variant=variant.name, group=variant.group, seed=seed)
+                    result.update(
+                        run_id=f"{variant.name}-s{seed}",
+                        row=row_name,
+                        variant=variant.name,
+                        group=variant.group,
+                        seed=seed,
+                    )
                     results.append(result)
                     if collector is not None and collector.count:
                         collected.parent.mkdir(exist_ok=True)
@@ -182,7 +207,7 @@ def _train_and_predict(
     import torch
 
     from harness.pipeline import evaluate_checkpoint, evaluation_folder, predict_checkpoint, train_run
-    from harness.runs import is_complete
+    from harness.runs import is_complete, stage_identity
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -191,14 +216,13 @@ def _train_and_predict(
     for variant in variants:
         if variant.collect is not None:
             continue  # collectors are objects of this study: they run in the parent
-        vconfig = override(config, **variant.changes)
-        done = is_complete(evaluation_folder(vconfig, runs_root=runs_root, variant=variant.name), vconfig)
-        if vconfig.eval.measure and not done:  # timed in the parent, alone on the machine; infer now
-            predict_checkpoint(vconfig, checkpoint, runs_root=runs_root, progress=progress)
+        variant_config = variant.apply(config)
+        folder = evaluation_folder(variant_config, runs_root=runs_root)
+        done = is_complete(folder, stage_identity(variant_config, "test"))
+        if variant_config.test.measure and not done:  # timed in the parent, alone on the machine; infer now
+            predict_checkpoint(variant_config, checkpoint, runs_root=runs_root, progress=progress)
         else:
-            evaluate_checkpoint(
-                vconfig, checkpoint, runs_root=runs_root, variant=variant.name, progress=progress
-            )
+            evaluate_checkpoint(variant_config, checkpoint, runs_root=runs_root, progress=progress)
     return checkpoint
 
 
@@ -217,42 +241,45 @@ def _train_all(
     def of_row(row_name: str) -> list[Variant]:
         return [v for v in variants if v.row == row_name]
 
+    failures: list[tuple[int, str, Exception]] = []
     with tqdm(total=len(configs), desc="train and infer rows x seeds", unit="run") as bar:
         if jobs == 1:
             for (seed, row_name), config in configs.items():
                 bar.set_postfix_str(f"{row_name} seed={seed}")
-                checkpoints[seed, row_name] = _train_and_predict(
-                    config, of_row(row_name), runs_root, force, None
-                )
-                bar.update(1)
-            return checkpoints
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        import torch
-
-        threads = max(1, torch.get_num_threads() // jobs)
-        failures = []
-        context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {
-                pool.submit(_train_and_predict, config, of_row(key[1]), runs_root, force, threads): key
-                for key, config in configs.items()
-            }
-            for future in as_completed(futures):
-                seed, row_name = futures[future]
                 try:
-                    checkpoints[seed, row_name] = future.result()
+                    checkpoints[seed, row_name] = _train_and_predict(
+                        config, of_row(row_name), runs_root, force, None
+                    )
                 except Exception as error:  # noqa: BLE001 - re-raised below with the run's name
                     failures.append((seed, row_name, error))
-                bar.set_postfix_str(f"done {row_name} seed={seed}")
                 bar.update(1)
-        if failures:
-            seed, row_name, error = failures[0]
-            names = ", ".join(f"{r} (seed {s})" for s, r, _ in failures)
-            raise RuntimeError(
-                f"training failed for {names}; first error, {row_name} seed {seed}: {error}"
-            ) from error
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // jobs)
+            context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = {
+                    pool.submit(_train_and_predict, config, of_row(key[1]), runs_root, force, threads): key
+                    for key, config in configs.items()
+                }
+                for future in as_completed(futures):
+                    seed, row_name = futures[future]
+                    try:
+                        checkpoints[seed, row_name] = future.result()
+                    except Exception as error:  # noqa: BLE001 - re-raised below with the run's name
+                        failures.append((seed, row_name, error))
+                    bar.set_postfix_str(f"done {row_name} seed={seed}")
+                    bar.update(1)
+    if failures:
+        seed, row_name, error = failures[0]
+        names = ", ".join(f"{r} (seed {s})" for s, r, _ in failures)
+        raise RuntimeError(
+            f"training failed for {names}; first error, {row_name} seed {seed}: {error}"
+        ) from error
     return checkpoints
 
 

@@ -19,41 +19,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablations.base import Ablation, Row, Study, Variant, doc_paragraph
-from ablations.stsn import BASE as STSN_BASE
-from ablations.stsn import QUICK
-from harness.config import AggregationConfig, SupportSpec, override
+from ablations import common
+from ablations.base import Ablation, Study, Variant, doc_paragraph
+from harness.config import SupportSpec, override
 from reports.document import Document, Heading, Paragraph, Table
 from reports.tables import DEFINITIONS_NOTE, per_seed, summarise
 from reports.verdicts import RULE_TEXT, Claim, judge
 
 NAME = "calibration"
-NO_SUPPORT = SupportSpec("none")
-BASE = override(STSN_BASE, name=NAME)
+ORACLE_T = 9  # the oracle row averages +-4 neighbours, trained with supports within +-4
+BASE = common.BASE
 
 ROWS = [
-    Row(
-        "single frame",
-        {
-            "model.aggregation": AggregationConfig(alignment="identity", fusion="average"),
-            "data.train_support": NO_SUPPORT,
-            "data.test_support": NO_SUPPORT,
-            "data.still_fraction": 0.0,
-        },
-    ),
-    Row(
+    common.single_frame("single frame"),
+    common.oracle_flow(
         "oracle flow, average of ±4",
-        {
-            "model.aggregation": AggregationConfig(
-                alignment="flow_warp", fusion="average", alignment_kwargs={"flow_source": "oracle"}
-            ),
-            "data.with_oracle_flow": True,
-            "data.train_support": SupportSpec("random_window", num=2, radius=4, boundary="pad"),
-            "data.test_support": SupportSpec("sliding", radius=4, stride=1, boundary="pad"),
+        fusion="average",
+        **{
+            "data.train_support": SupportSpec("random_window", num=2, radius=(ORACLE_T - 1) // 2),
+            "test.support": common.sliding(ORACLE_T),
         },
     ),
 ]
-VARIANTS = [Variant(row.name, row.name, {"eval.measure": False}) for row in ROWS]
+VARIANTS = [Variant(row.name, row.name, {"measure": False}) for row in ROWS]
 
 
 class CalibrationAblation(Ablation):
@@ -61,7 +49,7 @@ class CalibrationAblation(Ablation):
     default_seeds = (0,)
 
     def build_study(self, quick: bool) -> Study:
-        base = override(BASE, **QUICK) if quick else BASE
+        base = override(BASE, **common.QUICK) if quick else BASE
         return Study(NAME, base, ROWS, VARIANTS)
 
     def render(self, folder: Path) -> Path:

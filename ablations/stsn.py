@@ -10,16 +10,19 @@ Reproduces: Table 1 (+ Seq-NMS rows), Fig. 3 left (mAP vs T = 1, 3, ..., 27, tra
 temporal-stride result (k = 1, 2, 4), Fig. 3 right (mean aggregation weight at object centres vs k),
 Fig. 4 (sampled locations), plus oracle-flow warping as an extra row.
 
-Knobs varied: the alignment (identity / flow_warp[flownet|flownet+flow data|oracle] / stsn); at test
-time T, k and Seq-NMS. Fixed: backbone, head, fusion (cosine-similarity softmax, the reference counting
-as its own support) for every video row, training budget, data, seeds.
+Knobs varied: the alignment (identity / flow_warp[flownet|flownet+flow data|oracle] / stsn) and, for
+two controls, the fusion; at test time T, k and Seq-NMS. Fixed: backbone, head, fusion (cosine-similarity
+softmax, the reference counting as its own support) for every other video row, training budget, data,
+seeds. Controls at T = 7 with the same seeds and budget: identity alignment + cosine-softmax fusion
+(aggregation without alignment) and STSN + average fusion (alignment without learned weights).
 
 Deviations from the paper, forced by a 2-core CPU and documented in the report: a small ResNet on
 128x128 SynthVID frames instead of Deformable ResNet-101 + R-FCN on ImageNet VID; all Table 1 rows
 are tested with the same window (T = ``TABLE_T``) so rows differ in the aggregation alone, on the first
 ``TABLE_VIDEOS`` validation videos (the sweeps on the first ``SWEEP_VIDEOS``); the stride study uses
 T = 9 (K = 4 supports each side at stride k) because SynthVID videos are 30-60 frames long; the flow
-net of the "FGFA+flow data" row is pretrained once per dataset and shared by all seeds.
+net of the "FGFA+flow data" row is pretrained once per dataset and shared by all seeds (and by every
+other ablation that uses it).
 
 Command: ``./bootstrap nox -s ablate-stsn`` (``-- --quick`` for the smoke run, ``-- --seeds 0 1 2``).
 Expected runtime on 2 CPU cores: see README (measured); the quick run is the CI smoke test.
@@ -28,25 +31,17 @@ Paper numbers: ``harness/paper_numbers.yaml`` (stsn).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ablations import common
 from ablations.base import Ablation, Row, Study, Variant, doc_paragraph
 from ablations.collectors import FusionWeightsByOffset, SamplingLocations
-from harness.config import (
-    AggregationConfig,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RunConfig,
-    SupportSpec,
-    TrainConfig,
-    override,
-)
+from ablations.common import sliding, window
+from harness.config import override
 from reports import figures
 from reports.document import Document, Figure, Heading, Paragraph, Table
 from reports.paper_numbers import paper
@@ -54,95 +49,43 @@ from reports.tables import DEFINITIONS_NOTE, per_seed, summarise
 from reports.verdicts import RULE_TEXT, Claim, judge
 
 NAME = "stsn"
-TABLE_T = 7  # test window of every Table 1 row: K = 3 supports each side
+TABLE_T = common.TEST_T  # test window of every Table 1 row: K = 3 supports each side
 T_SWEEP = (1, 3, 5, 9, 13, 19, 27)  # Fig. 3 left (the paper plots T = 1, 3, ..., 27)
 T_SWEEP_QUICK = (1, 5, 9)
 STRIDES = (1, 2, 4)
-STRIDE_K = 4  # supports each side in the stride study (T = 9)
-WEIGHTS_RADIUS = 9  # Fig. 3 right: k in [-9, 9]
+STRIDE_T = 9  # frames of the stride study's window: K = 4 supports each side at stride k
+STRIDE_K = (STRIDE_T - 1) // 2  # supports each side in the stride study
+WEIGHTS_T = 19  # Fig. 3 right: k in [-9, 9]
+WEIGHTS_RADIUS = (WEIGHTS_T - 1) // 2
+SAMPLING_T = 5  # Fig. 4: the sampling locations of supports at k in [-2, 2]
+SAMPLING_VIDEOS = 4  # Fig. 4 is drawn from the first val videos
 SWEEP_VIDEOS = 4  # the T, stride and weight studies run on the first val videos (CPU budget)
 TABLE_VIDEOS = 20  # Table 1 on the first val videos (a CPU budget; None = all 60)
 SWEEP_VIDEOS_QUICK = 4
 TABLE_VIDEOS_QUICK = None
 DEFAULT_SEEDS = (0, 1, 2)
-FLOW_PRETRAIN_STEPS = 400  # flow-net pretraining on ground-truth flow ("flow data" row)
-FLOW_PRETRAIN_STEPS_QUICK = 40
-FLOW_PRETRAIN_SEED = 0  # one pretrained flow net per dataset, shared by all seeds
 STSN_HIDDEN = 32  # width of STSN's intermediate deformable convs (paper: 1024 on a ResNet-101)
-FLOWNET_WIDTH = 8  # the flow net's base width (16 costs 3.6x more per support on the CPU)
+STSN_KERNEL = 3  # STSN's deformable kernel: the sampling collector reads its 3x3 taps
 
-BASE = RunConfig(
-    name=NAME,
-    phase1_seed=0,  # one still-image detector shared by every row and seed (a "pretrained" model)
-    data=DataConfig(
-        synth_preset="default",
-        image_size=128,
-        # STSN trains with K = 1: supports drawn at random in a neighbourhood of the reference.
-        train_support=SupportSpec("random_window", num=2, radius=9, boundary="pad"),
-        test_support=SupportSpec("sliding", radius=TABLE_T // 2, stride=1, boundary="pad"),
-        still_fraction=0.1,
-    ),
-    model=ModelConfig(aggregation=AggregationConfig(alignment="identity", fusion="cosine_softmax")),
-    phase1=TrainConfig(steps=3000, batch_size=16, lr=2e-3, warmup_steps=50),
-    phase2=TrainConfig(steps=300, batch_size=8, lr=1e-3, warmup_steps=20),
-    eval=EvalConfig(protocols=("devkit", "fixed", "coco"), motion=True, seq_nms=False),
-)
-
-QUICK = {
-    "data.synth_preset": "quick",
-    "phase1.steps": 150,
-    "phase1.batch_size": 8,
-    "phase2.steps": 60,
-    "phase2.batch_size": 4,
-}
-
-NO_SUPPORT = SupportSpec("none")
+BASE = common.BASE
+QUICK = common.QUICK
 
 
-def _alignment(name: str, **kwargs) -> dict:
-    return {
-        "model.aggregation": AggregationConfig(
-            alignment=name, fusion="cosine_softmax", alignment_kwargs=kwargs
-        )
-    }
+def rows(quick: bool) -> list[Row]:
+    """Table 1's rows and the two controls, each carrying its whole difference from the base."""
+    stsn = window("stsn", hidden_channels=STSN_HIDDEN)
+    return [
+        common.single_frame("SSN"),
+        common.flow_warp("FGFA", flow_data=False, quick=quick),
+        common.flow_warp("FGFA+flow data", flow_data=True, quick=quick),
+        Row("STSN", {"model.aggregation": stsn}),
+        common.oracle_flow("Oracle flow"),
+        Row("Identity + cosine softmax", {"model.aggregation": window("identity")}),
+        Row("STSN + average", {"model.aggregation": window("stsn", "average", hidden_channels=STSN_HIDDEN)}),
+    ]
 
 
-ROWS = [
-    Row(
-        "SSN",
-        {
-            "model.aggregation": AggregationConfig(alignment="identity", fusion="average"),
-            "data.train_support": NO_SUPPORT,
-            "data.test_support": NO_SUPPORT,
-            "data.still_fraction": 0.0,
-        },
-        paper_key="SSN",
-        description="single-frame baseline, same detector and training budget",
-    ),
-    Row(
-        "FGFA",
-        _alignment("flow_warp", flow_source="flownet", flownet_width=FLOWNET_WIDTH),
-        paper_key=None,
-        description="flow warping, the flow net learned end to end from the detection loss (no flow data)",
-    ),
-    Row(
-        "FGFA+flow data",
-        _alignment("flow_warp", flow_source="flownet", flownet_width=FLOWNET_WIDTH),
-        paper_key="FGFA",
-        description="as FGFA, the flow net first pretrained on SynthVID's ground-truth flow (flow data)",
-    ),
-    Row(
-        "STSN",
-        _alignment("stsn", hidden_channels=STSN_HIDDEN),
-        paper_key="STSN",
-        description="deformable spatiotemporal sampling, no flow",
-    ),
-    Row(
-        "Oracle flow",
-        {**_alignment("flow_warp", flow_source="oracle"), "data.with_oracle_flow": True},
-        description="warping with ground-truth flow: an upper bound for flow-based alignment",
-    ),
-]
+ROWS = rows(quick=False)
 
 
 def _video_subsets(quick: bool) -> tuple[int | None, int]:
@@ -153,69 +96,23 @@ def _video_subsets(quick: bool) -> tuple[int | None, int]:
 def _variants(quick: bool) -> list[Variant]:
     """Table 1 rows (timed) and the sweeps (untimed), each on the first videos of the validation split."""
     table_videos, sweep_videos = _video_subsets(quick)
-    subset = {"data.max_val_videos": sweep_videos, "eval.measure": False}
-
-    def sliding(radius: int, stride: int = 1) -> SupportSpec:
-        return SupportSpec("sliding", radius=radius, stride=stride, boundary="pad") if radius else NO_SUPPORT
-
+    subset = {"max_videos": sweep_videos, "measure": False}
     variants = []
     for row in ROWS:
-        table = {"data.max_val_videos": table_videos}
+        table = {"max_videos": table_videos}
         variants.append(Variant(row.name, row.name, table, group="table1"))
-        seq_nms = {**table, "eval.seq_nms": True, "eval.measure": False}
+        seq_nms = {**table, "seq_nms": True, "measure": False}
         variants.append(Variant(f"{row.name} + Seq-NMS", row.name, seq_nms, group="table1"))
     for t in T_SWEEP_QUICK if quick else T_SWEEP:
-        changes = {"data.test_support": sliding((t - 1) // 2), **subset}
-        variants.append(Variant(f"STSN T={t}", "STSN", changes, group="fig3_left"))
+        variants.append(Variant(f"STSN T={t}", "STSN", {"support": sliding(t), **subset}, group="fig3_left"))
     for k in STRIDES:
-        changes = {"data.test_support": sliding(STRIDE_K * k, k), **subset}
+        changes = {"support": sliding(STRIDE_T, k), **subset}
         variants.append(Variant(f"STSN stride k={k}", "STSN", changes, group="stride"))
-    changes = {"data.test_support": sliding(WEIGHTS_RADIUS), **subset}
+    changes = {"support": sliding(WEIGHTS_T), **subset}
     variants.append(Variant("STSN weights", "STSN", changes, group="fig3_right", collect="weights"))
-    changes = {"data.test_support": sliding(2), **subset, "data.max_val_videos": 4}
+    changes = {"support": sliding(SAMPLING_T), **subset, "max_videos": SAMPLING_VIDEOS}
     variants.append(Variant("STSN sampling", "STSN", changes, group="fig4", collect="sampling"))
     return variants
-
-
-def _pretrain_flow(config: RunConfig, out: Path) -> RunConfig:
-    """For the 'FGFA+flow data' row: pretrain the flow net on ground-truth flow, once per dataset.
-
-    Like FGFA's FlowNet pretrained on Flying Chairs, the pretrained flow net is an input shared by
-    every seed (seed ``FLOW_PRETRAIN_SEED``); the seeds vary the detector's phase 2 built on it."""
-    if not config.name.endswith("FGFA+flow data"):
-        return config
-    from harness.data.synthvid import data_fingerprint
-
-    data = config.data
-    if data.root is None:
-        identity = f"{data.synth_preset}-s{data.synth_seed}-{data_fingerprint(data.synth_preset)}"
-    else:
-        identity = hashlib.sha1(str(Path(data.root).resolve()).encode()).hexdigest()[:10]
-    weights = out / "flownet" / f"flownet-{identity}-s{FLOW_PRETRAIN_SEED}.pt"
-    if not weights.exists():
-        import torch
-
-        from harness.data.dataset import load_split
-        from methods.flownet import pretrain_flownet
-
-        quick = config.data.synth_preset != "default"
-        result = pretrain_flownet(
-            load_split(config.data, config.data.train_split),
-            image_size=config.data.image_size,
-            steps=FLOW_PRETRAIN_STEPS_QUICK if quick else FLOW_PRETRAIN_STEPS,
-            batch_size=8,
-            lr=2e-3,
-            seed=FLOW_PRETRAIN_SEED,
-            max_offset=config.data.train_support.radius,
-            width=FLOWNET_WIDTH,
-        )
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result, weights.with_suffix(".tmp"))
-        weights.with_suffix(".tmp").replace(weights)
-        weights.with_suffix(".json").write_text(json.dumps(result["metrics"], indent=2, default=float))
-    aggregation = config.model.aggregation
-    kwargs = {**aggregation.alignment_kwargs, "flownet_weights": str(weights)}
-    return override(config, **{"model.aggregation.alignment_kwargs": kwargs})
 
 
 def build_study(quick: bool) -> Study:
@@ -224,13 +121,12 @@ def build_study(quick: bool) -> Study:
     return Study(
         name=NAME,
         base=base,
-        rows=ROWS,
+        rows=rows(quick),
         variants=_variants(quick),
         collectors={
             "weights": lambda: FusionWeightsByOffset(image_size),
-            "sampling": lambda: SamplingLocations(image_size, kernel=3, limit=8),
+            "sampling": lambda: SamplingLocations(image_size, kernel=STSN_KERNEL, limit=8),
         },
-        prepare=_pretrain_flow,
     )
 
 

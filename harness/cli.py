@@ -53,7 +53,11 @@ def _train(args: argparse.Namespace) -> int:
     from harness.config import RunConfig, from_dict, override
     from harness.pipeline import run_experiment
 
-    config = from_dict(RunConfig, json.loads(Path(args.config).read_text())) if args.config else RunConfig()
+    config = RunConfig()
+    if args.config:  # a RunConfig JSON, or a phase-2 folder's config.json (its identity: no name, no test)
+        payload = json.loads(Path(args.config).read_text())
+        payload.pop("synthvid_fingerprint", None)  # recomputed from the generator, never read back
+        config = from_dict(RunConfig, payload)
     changes = parse_overrides(args.set or [])
     if changes:
         config = override(config, **changes)
@@ -115,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         nargs="*",
         metavar="KEY=VALUE",
-        help="dotted overrides, e.g. model.aggregation.alignment=stsn phase2.steps=300",
+        help="dotted overrides, e.g. model.aggregation.alignment=stsn phase2.steps=300 "
+        'data.train_support={"strategy": "random_window", "num": 2, "radius": 9} '
+        'test.support={"strategy": "sliding", "radius": 3}',
     )
     train.add_argument("--runs", default="runs", help="runs root")
     train.add_argument("--force", action="store_true")

@@ -1,8 +1,15 @@
 """Frozen run configuration.
 
-One dataclass per concern; modules never read these directly. The ``build_*``/``from_config``
-functions at the edge (``harness.model.detector.build_detector``, ``harness.train.Trainer``,
-``harness.data.dataset.build_dataset``) map a config onto explicit keyword arguments.
+One dataclass per concern; modules never read these directly. The functions at the edge
+(``harness.build.build_model``, ``harness.data.dataset.build_dataset``, ``harness.pipeline``) map a
+config onto explicit keyword arguments (``harness.train.train`` takes a model, a dataset and a
+:class:`TrainConfig`).
+
+The sections split by stage: ``data``, ``model``, ``phase1`` and ``phase2`` determine the trained
+weights; ``test`` holds every test-time setting (support frames at test time, validation subset,
+Seq-NMS, protocols, measurement), so a test-time variant of a trained row is a change of ``test``
+alone. Which fields each stage's identity covers is decided in one place,
+``harness.runs.stage_identity``; ``name`` is a label and never part of an identity.
 
 An ablation row is a base :class:`RunConfig` plus named deltas made with :func:`dataclasses.replace`
 (see :func:`override`), so the difference between two rows is exactly the thing ablated.
@@ -51,7 +58,7 @@ class SupportSpec:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, which split and how frames are sampled."""
+    """Which dataset and how training samples are drawn (test-time settings live in :class:`TestConfig`)."""
 
     root: str | None = None  # VID-layout root; None = the embedded SynthVID (generated on first use)
     format: Literal["vid", "cocovid"] = "vid"
@@ -59,17 +66,13 @@ class DataConfig:
     synth_preset: str = "default"  # SynthVID preset when root is None ("default", "quick", "tiny")
     synth_seed: int = 0
     train_split: str = "train"
-    val_split: str = "val"
     # optional: restrict training references to an FGFA ImageSets list (file or name under ImageSets/),
     # or, with format="cocovid", "is_vid_train_frame" to the frames the JSON flags (mmtracking's choice)
     train_list: str | None = None
-    max_val_videos: int | None = None
     image_size: int = 128  # frames are resized so the longer side equals this
-    train_support: SupportSpec = SupportSpec()
-    test_support: SupportSpec = SupportSpec()
+    train_support: SupportSpec = SupportSpec()  # phase 2 training supports (phase 1 never has any)
     still_fraction: float = 0.0  # phase 2: share of samples that are stills with copied supports
-    with_oracle_flow: bool = False  # load ground-truth flow reference->support (SynthVID only)
-    on_bad_input: Literal["raise", "skip"] = "raise"
+    on_bad_input: Literal["raise", "skip"] = "raise"  # malformed annotations: refuse, or skip and count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,8 +95,14 @@ class AggregationConfig:
 
     ``aggregator="window"`` composes ``alignment`` and ``fusion`` (see
     ``harness.aggregation.WindowAggregator``); other names select a registered aggregator that is
-    not such a composition (stateful or stream methods in later issues), configured by
-    ``aggregator_kwargs``.
+    not such a composition, configured by ``aggregator_kwargs``.
+
+    ``pretrained`` names one-time preparations the method's weights start from, as
+    ``{kwarg: {"kind": <preparation>, **settings}}``: e.g. ``{"flownet_weights": {"kind": "flownet",
+    "steps": 400, ...}}`` pretrains a flow net on ground-truth flow (``harness.prepare``), once per
+    dataset and settings under ``<runs_root>/prepared/``, and passes the weights' path as the
+    alignment's (window) or the aggregator's ``flownet_weights`` keyword. The settings, not the path,
+    are part of the run's identity.
     """
 
     aggregator: str = "window"
@@ -102,17 +111,18 @@ class AggregationConfig:
     alignment_kwargs: dict[str, Any] = field(default_factory=dict)
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """Dense one-stage head (FCOS-style) on the aggregated stride-8 feature map."""
 
-    channels: int = 64
-    num_convs: int = 2
-    score_threshold: float = 0.05
-    nms_iou: float = 0.5
-    max_detections: int = 100
+    channels: int = 64  # width of the classification and box towers
+    num_convs: int = 2  # conv + GroupNorm + ReLU blocks per tower
+    score_threshold: float = 0.05  # detections below this score are dropped before NMS
+    nms_iou: float = 0.5  # class-wise NMS IoU
+    max_detections: int = 100  # per frame, after NMS
 
 
 @dataclass(frozen=True)
@@ -132,26 +142,37 @@ class ModelConfig:
 class TrainConfig:
     """One training phase. Phase 1 = still-image detector; phase 2 = video model initialised from it."""
 
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    steps: int = 1000  # optimizer steps (0 in phase 2: phase-1 weights and a fresh aggregator)
+    batch_size: int = 8  # reference frames per step
+    lr: float = 2e-3  # base learning rate (modules may declare multipliers: harness.train)
+    weight_decay: float = 1e-4  # not applied to norms, biases and parameters declared decay-free
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant"] = "cosine"  # after the linear warm-up
     warmup_steps: int = 50
-    grad_clip: float = 10.0
-    checkpoint_every: int = 200
-    num_workers: int = 0
+    grad_clip: float = 10.0  # max global gradient norm
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     freeze_backbone: bool = False
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    protocols: tuple[str, ...] = ("devkit", "fixed", "coco")
-    motion: bool = True
-    seq_nms: bool = False
-    batch_videos: int = 4
+class TestConfig:
+    """Everything decided at test time: a variant of a trained row changes these and nothing else.
+
+    None of these fields is part of the trained weights' identity; ``support``, ``split`` and
+    ``max_videos`` decide the detections, the rest only how they are post-processed and scored.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    support: SupportSpec = SupportSpec()  # support frames at test time
+    split: str = "val"  # the split evaluated
+    max_videos: int | None = None  # the first N videos of the split (None = all)
+    seq_nms: bool = False  # Seq-NMS post-processing before scoring
+    protocols: tuple[str, ...] = ("devkit", "fixed", "coco")  # harness.eval.evaluate protocols
+    motion: bool = True  # slow/medium/fast breakdown (FGFA's motion IoU)
     measure: bool = True  # time the per-frame cost and count parameters/FLOPs (harness.measure)
+    batch_videos: int = 4  # videos whose frames are batched at inference (detections do not change)
 
 
 @dataclass(frozen=True)
@@ -168,7 +189,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     phase1: TrainConfig = TrainConfig()
     phase2: TrainConfig = TrainConfig(steps=500, lr=1e-3)
-    eval: EvalConfig = EvalConfig()
+    test: TestConfig = TestConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,10 +248,3 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         else:
             kwargs[key] = value
     return cls(**kwargs)
-
-
-def config_hash(config: Any) -> str:
-    """Stable short hash of a config, used to name run folders and to skip completed runs."""
-    import hashlib
-
-    return hashlib.sha1(to_json(config).encode()).hexdigest()[:10]

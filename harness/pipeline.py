@@ -1,17 +1,20 @@
 """One experiment end to end: phase 1, phase 2, inference, (Seq-NMS), evaluation, measurement.
 
-Training and evaluation are separate so that test-time variants (support frames, stride, Seq-NMS,
-a validation subset) of one trained configuration reuse its weights:
+Training and evaluation are separate so that test-time variants (``RunConfig.test``: support frames,
+stride, Seq-NMS, a validation subset) of one trained configuration reuse its weights. Every folder is
+named by the hash of exactly what its stage depends on (``harness.runs.stage_identity``), so a row
+shared by two studies, or by a study and ``vodbench train``, is trained once:
 
 * :func:`train_run`: phase 1 -> ``<runs_root>/phase1-<hash>/final.pt`` (shared by every run that
-  agrees on phase 1), phase 2 -> ``<runs_root>/<name>-<hash of training_config>/phase2/final.pt``.
-  The single-frame baseline (no supports at train or test time) is fine-tuned for the same
-  ``phase2.steps`` with T = 0, so its training budget equals the video rows' (phase 2 is skipped only
-  when ``phase2.steps == 0``). Training resumes from its checkpoints.
-* :func:`evaluate_checkpoint`: inference with ``data.test_support`` (detections cached in the
-  training folder's ``detections/`` per test-time support set, devkit format), Seq-NMS when
-  ``eval.seq_nms``, evaluation, measurement -> ``<training folder>/eval-<variant>-<hash>/`` with
-  ``config.json``, ``env.json``, ``eval.json``, ``measure.json``, ``result.json`` and ``DONE``.
+  agrees on phase 1), one-time preparations -> ``<runs_root>/prepared/`` (``harness.prepare``),
+  phase 2 -> ``<runs_root>/phase2-<hash>/phase2/final.pt``. The single-frame baseline (no supports at
+  train or test time) is fine-tuned for the same ``phase2.steps`` with T = 0, so its training budget
+  equals the video rows' (phase 2 is skipped only when ``phase2.steps == 0``). Training resumes from
+  its checkpoints; concurrent callers of one folder wait for each other and then reuse its result.
+* :func:`evaluate_checkpoint`: inference with ``test.support`` (detections cached in the phase-2
+  folder's ``detections/`` per support set, devkit format), Seq-NMS when ``test.seq_nms``,
+  evaluation, measurement -> ``<phase-2 folder>/eval-<hash>/`` with ``config.json``, ``env.json``,
+  ``eval.json``, ``measure.json``, ``result.json`` and ``DONE``.
 * :func:`run_experiment`: both, for one configuration (``vodbench train``).
 
 A crash leaves every finished stage's files in place; a rerun skips what is complete.
@@ -19,29 +22,27 @@ A crash leaves every finished stage's files in place; a rerun skips what is comp
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from harness.build import PHASE_SEED_STRIDE, build_model, check_method, load_trained, resolve_device
+from harness.config import RunConfig, phase_seed
+from harness.locks import exclusive
 from harness.runs import (
+    evaluation_dir,
     is_complete,
     mark_done,
-    phase1_config,
-    phase1_dir,
     read_json,
-    run_dir,
-    run_id,
+    stage_digest,
+    stage_dir,
+    stage_identity,
     start_run,
     write_json,
 )
-from harness.train import METRICS_FILE, build_phase_model, read_metrics, resolve_device, train_phase
+from harness.train import METRICS_FILE, read_metrics, seed_everything, train
 
 
 def flatten_metrics(payload: Any, prefix: str = "") -> dict[str, float]:
@@ -60,201 +61,235 @@ def flatten_metrics(payload: Any, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (POSIX; a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with lock_path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _train_seconds(records: list[dict[str, Any]]) -> float:
     return float(sum(r.get("seconds", 0.0) for r in records if "event" not in r))
 
 
-def _evaluate(run: Any, videos: list, detections: dict, *, progress: bool) -> dict[str, Any]:
+def _evaluate(run: RunConfig, videos: list, detections: dict, *, progress: bool) -> dict[str, Any]:
     from harness.eval.evaluate import evaluate
 
     return evaluate(
         videos,
         detections,
-        protocols=tuple(run.eval.protocols),
-        motion=run.eval.motion,
+        protocols=tuple(run.test.protocols),
+        motion=run.test.motion,
         degradation=run.data.root is None,  # degradation flags exist on SynthVID only
         progress=progress,
     )
 
 
-def training_config(run: Any) -> Any:
-    """``run`` with every test-time field at its default: what determines the trained weights.
+def _train_dataset(run: RunConfig, phase: int, *, with_oracle_flow: bool) -> tuple[Any, Callable]:
+    from harness.data.dataset import build_dataset, collate  # the data layer is an edge dependency
 
-    Two runs with equal training configs share one phase-2 checkpoint, whatever support frames,
-    validation subset or Seq-NMS they are evaluated with."""
-    from harness.config import DataConfig, EvalConfig
-
-    defaults = DataConfig()
-    data = dataclasses.replace(
+    dataset = build_dataset(
         run.data,
-        test_support=defaults.test_support,
-        max_val_videos=defaults.max_val_videos,
-        val_split=defaults.val_split,
+        run.data.train_split,
+        phase=phase,
+        seed=phase_seed(run, phase),
+        with_oracle_flow=with_oracle_flow,
     )
-    return dataclasses.replace(run, data=data, eval=EvalConfig())
+    return dataset, collate
 
 
-def train_shared_phase1(run: Any, *, runs_root: Path, progress: bool = True) -> Path:
+def train_shared_phase1(run: RunConfig, *, runs_root: Path, progress: bool = True) -> Path:
     """The still-image detector of ``run`` (``<runs_root>/phase1-<hash>/final.pt``), trained once and
     shared by every run with the same phase-1 settings; parallel callers wait for one another."""
-    shared = phase1_dir(Path(runs_root), run)
-    shared.mkdir(parents=True, exist_ok=True)
-    if not (shared / "config.json").exists():
-        write_json(shared / "config.json", phase1_config(run))
-    with _exclusive(shared / ".lock"):  # parallel runs sharing phase 1 train it once
-        return train_phase(run, phase=1, out_dir=shared, progress=progress)
-
-
-def train_run(run: Any, *, runs_root: Path, force: bool = False, progress: bool = True) -> Path:
-    """Phase 1 (shared) and phase 2 of ``run``; returns the checkpoint to evaluate.
-
-    The phase-2 folder is ``<runs_root>/<name>-<hash of training_config(run)>/``; a finished phase
-    is skipped, an interrupted one resumes from its last checkpoint. ``force`` retrains phase 2
-    (not the shared phase 1: delete ``phase1-<hash>/`` for that)."""
-    runs_root = Path(runs_root)
-    trained = training_config(run)
-    folder = run_dir(runs_root, trained)
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    start_run(folder, trained)
-    shared = phase1_dir(runs_root, run)
-    checkpoint = train_shared_phase1(run, runs_root=runs_root, progress=progress)
-    phase2_records: list[dict[str, Any]] = []
-    if run.phase2.steps > 0:
-        checkpoint = train_phase(
-            run, phase=2, out_dir=folder / "phase2", init_checkpoint=checkpoint, progress=progress
+    folder = stage_dir(runs_root, run, "phase1")
+    final = folder / "final.pt"
+    identity = stage_identity(run, "phase1")
+    if is_complete(folder, identity) and final.exists():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / ".lock", waiting=f"phase 1 {folder.name}"):
+        start_run(folder, identity)
+        seed_everything(phase_seed(run, 1) + PHASE_SEED_STRIDE)
+        model = build_model(run, phase=1)
+        dataset, collate = _train_dataset(run, 1, with_oracle_flow=False)
+        final = train(
+            model,
+            dataset,
+            collate_fn=collate,
+            schedule=run.phase1,
+            out_dir=folder,
+            seed=phase_seed(run, 1),
+            device=resolve_device(run.device),
+            phase=1,
+            progress=progress,
         )
-        phase2_records = read_metrics(folder / "phase2")
-    with (folder / METRICS_FILE).open("w") as metrics_file:
-        for record in read_metrics(shared) + phase2_records:
-            metrics_file.write(json.dumps(record) + "\n")
-    return checkpoint
+        mark_done(folder)
+    return final
 
 
-def load_trained(run: Any, checkpoint: Path, device: torch.device) -> Any:
-    """The detector of ``run`` with the weights of ``checkpoint`` (phase 2, or phase 1 + fresh aggregator)."""
-    torch.manual_seed(run.seed)  # the aggregator's init when there is no phase 2
-    detector = build_phase_model(run, phase=2)
-    if run.phase2.steps > 0:
-        detector.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
-    else:
-        detector.load_phase1(checkpoint)
-    return detector.to(device).eval()
+def resolved_aggregation(run: RunConfig, *, runs_root: Path, progress: bool = True) -> Any:
+    """``run.model.aggregation`` with its one-time preparations made and their paths filled in."""
+    from harness.prepare import resolve_pretrained
+
+    return resolve_pretrained(run.model.aggregation, run.data, runs_root=runs_root, progress=progress)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+def train_run(run: RunConfig, *, runs_root: Path, force: bool = False, progress: bool = True) -> Path:
+    """Phase 1 (shared), preparations (shared) and phase 2 of ``run``; returns the checkpoint to evaluate.
+
+    The phase-2 folder is ``<runs_root>/phase2-<hash>/``; a finished phase is skipped, an
+    interrupted one resumes from its last checkpoint. ``force`` retrains phase 2 (not the shared
+    phase 1 or preparations: delete their folders for that). The method is checked (and its parts
+    built once) before any training, so an unknown name or a method without supports fails at once."""
+    runs_root = Path(runs_root)
+    check_method(run)
+    build_model(run, phase=2)  # an unknown method fails here, before phase 1
+    folder = stage_dir(runs_root, run, "phase2")
+    identity = stage_identity(run, "phase2")
+    final = folder / "phase2" / "final.pt"
+    phase1 = train_shared_phase1(run, runs_root=runs_root, progress=progress)
+    if run.phase2.steps == 0:
+        start_run(folder, identity)
+        _write_metrics(folder, phase1, None)
+        return phase1
+    if not force and is_complete(folder, identity) and final.exists():
+        return final
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / ".lock", waiting=f"phase 2 {folder.name}"):
+        if force and (folder / "phase2").exists():
+            shutil.rmtree(folder / "phase2")
+            (folder / "DONE").unlink(missing_ok=True)
+        if not is_complete(folder, identity) or not final.exists():
+            start_run(folder, identity)
+            aggregation = resolved_aggregation(run, runs_root=runs_root, progress=progress)
+            seed_everything(phase_seed(run, 2) + 2 * PHASE_SEED_STRIDE)
+            model = build_model(run, phase=2, aggregation=aggregation)
+            model.load_phase1(phase1)
+            dataset, collate = _train_dataset(run, 2, with_oracle_flow=model.aggregator.needs_oracle_flow)
+            final = train(
+                model,
+                dataset,
+                collate_fn=collate,
+                schedule=run.phase2,
+                out_dir=folder / "phase2",
+                seed=phase_seed(run, 2),
+                device=resolve_device(run.device),
+                phase=2,
+                progress=progress,
+            )
+            _write_metrics(folder, phase1, folder / "phase2")
+            mark_done(folder)
+    return final
 
 
-def evaluation_folder(run: Any, *, runs_root: Path, variant: str) -> Path:
-    """``<training folder>/eval-<variant>-<hash of run>/``: where :func:`evaluate_checkpoint` writes."""
-    training_folder = run_dir(Path(runs_root), training_config(run))
-    return training_folder / f"eval-{_slug(variant)}-{run_id(run).rsplit('-', 1)[1]}"
+def _write_metrics(folder: Path, phase1_checkpoint: Path, phase2_dir: Path | None) -> None:
+    """``<phase-2 folder>/metrics.jsonl``: phase 1's records, then phase 2's."""
+    records = read_metrics(phase1_checkpoint.parent) + (read_metrics(phase2_dir) if phase2_dir else [])
+    tmp = folder / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+    tmp.replace(folder / METRICS_FILE)
+
+
+def evaluation_folder(run: RunConfig, *, runs_root: Path) -> Path:
+    """``<phase-2 folder>/eval-<hash>/``: where :func:`evaluate_checkpoint` writes ``run``'s results."""
+    return evaluation_dir(runs_root, run)
 
 
 def predict_checkpoint(
-    run: Any,
+    run: RunConfig,
     checkpoint: Path,
     *,
     runs_root: Path,
+    detector: Any = None,
     collect: Callable[..., None] | None = None,
     force: bool = False,
     progress: bool = True,
     videos: list | None = None,
 ) -> dict:
-    """Detections of ``checkpoint`` on the validation split with ``run.data.test_support``.
+    """Detections of ``checkpoint`` on ``run.test.split`` with ``run.test.support``.
 
-    Cached per test-time support set in ``<training folder>/detections/detections-<hash>.txt``
-    (devkit format), so variants differing only in evaluation settings share one inference and a
+    Cached per test-time support set in ``<phase-2 folder>/detections/detections-<hash>.txt``
+    (devkit format), so variants differing only in scoring settings share one inference and a
     worker process can run the inference that :func:`evaluate_checkpoint` later reads. A ``collect``
-    callable (see ``harness.infer.predict_split``) always gets a fresh inference."""
+    callable (see ``harness.infer.predict_split``) always gets a fresh inference. ``detector``: the
+    loaded model, when the caller has it already."""
     from harness.data.dataset import load_split
     from harness.eval.detfile import read_devkit_detections, write_devkit_detections
 
-    training_folder = run_dir(Path(runs_root), training_config(run))
     if videos is None:
-        videos = load_split(run.data, run.data.val_split)
-    inference_key = {
-        "test_support": dataclasses.asdict(run.data.test_support),
-        "max_val_videos": run.data.max_val_videos,
-        "val_split": run.data.val_split,
-    }
-    digest = hashlib.sha1(json.dumps(inference_key, sort_keys=True).encode()).hexdigest()[:10]
-    detections_path = training_folder / "detections" / f"detections-{digest}.txt"
+        videos = load_split(run.data, run.test.split, max_videos=run.test.max_videos)
+    key = stage_identity(run, "detections")["test"]
+    detections_path = (
+        stage_dir(runs_root, run, "phase2")
+        / "detections"
+        / f"detections-{stage_digest(run, 'detections')}.txt"
+    )
     if detections_path.exists() and collect is None and not force:
         return read_devkit_detections(detections_path, videos, progress=progress)
     from harness.infer import predict_split
 
     device = resolve_device(run.device)
-    detector = load_trained(run, checkpoint, device)
+    if detector is None:
+        detector = load_trained(run, checkpoint, device)
     detections = predict_split(
         detector,
         videos,
-        support=run.data.test_support,
+        support=run.test.support,
         image_size=run.data.image_size,
-        batch_videos=run.eval.batch_videos,
+        batch_videos=run.test.batch_videos,
         device=device,
         progress=progress,
         collect=collect,
     )
-    detections_path.parent.mkdir(exist_ok=True)
+    detections_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = detections_path.with_name(detections_path.name + ".tmp")
     write_devkit_detections(tmp, videos, detections, progress=progress)
     tmp.replace(detections_path)
-    write_json(detections_path.with_suffix(".json"), inference_key)
+    write_json(detections_path.with_suffix(".json"), key)
     return detections
 
 
 def evaluate_checkpoint(
-    run: Any,
+    run: RunConfig,
     checkpoint: Path,
     *,
     runs_root: Path,
-    variant: str = "test",
     collect: Callable[..., None] | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Inference with ``run.data.test_support`` (:func:`predict_checkpoint`, cached), optional
-    Seq-NMS, evaluation and measurement.
+    """Inference with ``run.test.support`` (:func:`predict_checkpoint`, cached), optional Seq-NMS,
+    evaluation and measurement.
 
-    Written to ``<training folder>/eval-<variant>-<hash of run>/`` (config, env, eval.json,
-    measure.json, result.json, DONE). Returns the flat results row: columns as
-    :func:`flatten_metrics` names them (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...),
-    Seq-NMS already applied when ``run.eval.seq_nms``.
+    Written to ``<phase-2 folder>/eval-<hash>/`` (config, env, eval.json, measure.json, result.json,
+    DONE). Returns the flat results row: ``train_id`` and ``test_id`` (the phase-2 and test-stage
+    hashes), ``seed``, ``train_seconds`` and the metric columns as :func:`flatten_metrics` names them
+    (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...), Seq-NMS already applied when
+    ``run.test.seq_nms``. Labels (row and variant names) are the caller's: the folder is shared by
+    every study that evaluates the same thing.
     """
     from harness.data.dataset import load_split
 
-    training_folder = run_dir(Path(runs_root), training_config(run))
-    folder = evaluation_folder(run, runs_root=runs_root, variant=variant)
-    if is_complete(folder, run) and not force and collect is None:
+    runs_root = Path(runs_root)
+    training_folder = stage_dir(runs_root, run, "phase2")
+    folder = evaluation_folder(run, runs_root=runs_root)
+    identity = stage_identity(run, "test")
+    if is_complete(folder, identity) and not force and collect is None:
         return read_json(folder / "result.json")
     if force and folder.exists():
         shutil.rmtree(folder)
-    start_run(folder, run)
-    videos = load_split(run.data, run.data.val_split)
+    start_run(folder, identity)
+    videos = load_split(run.data, run.test.split, max_videos=run.test.max_videos)
+    device = resolve_device(run.device)
+    # built once, for inference and measurement; without phase 2 the preparations are the weights
+    aggregation = resolved_aggregation(run, runs_root=runs_root) if run.phase2.steps == 0 else None
+    detector = load_trained(run, checkpoint, device, aggregation=aggregation)
     detections = predict_checkpoint(
-        run, checkpoint, runs_root=runs_root, collect=collect, force=force, progress=progress, videos=videos
+        run,
+        checkpoint,
+        runs_root=runs_root,
+        detector=detector,
+        collect=collect,
+        force=force,
+        progress=progress,
+        videos=videos,
     )
 
     # evaluation ------------------------------------------------------------------------------
-    if run.eval.seq_nms:
+    if run.test.seq_nms:
         from harness.eval.seqnms import seq_nms
 
         detections = seq_nms(videos, detections, progress=progress)
@@ -263,23 +298,20 @@ def evaluate_checkpoint(
 
     # measurement -----------------------------------------------------------------------------
     measurement: dict[str, Any] = {}
-    if run.eval.measure:
+    if run.test.measure:
         from harness.infer import plan_supports
         from harness.measure import measure
 
-        num_supports = plan_supports(max(len(v) for v in videos), run.data.test_support)[0].shape[1]
-        device = resolve_device(run.device)
-        detector = load_trained(run, checkpoint, device)
+        num_supports = plan_supports(max(len(v) for v in videos), run.test.support)[0].shape[1]
         measurement = measure(
             detector, image_size=run.data.image_size, num_supports=num_supports, device=device
         )
         write_json(folder / "measure.json", measurement)
 
     row: dict[str, Any] = {
-        "run_id": run_id(run) + f"-{_slug(variant)}",
-        "name": run.name,
+        "train_id": stage_digest(run, "phase2"),
+        "test_id": stage_digest(run, "test"),
         "seed": run.seed,
-        "config_hash": run_id(run).rsplit("-", 1)[1],
         "train_seconds": _train_seconds(read_metrics(training_folder)),
     }
     row.update(flatten_metrics(evaluation))
@@ -296,8 +328,10 @@ def evaluate_checkpoint(
 
 
 def run_experiment(
-    run: Any, *, runs_root: Path, force: bool = False, progress: bool = True
+    run: RunConfig, *, runs_root: Path, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train (or reuse) and evaluate one configuration: :func:`train_run` + :func:`evaluate_checkpoint`."""
+    """Train (or reuse) and evaluate one configuration: :func:`train_run` + :func:`evaluate_checkpoint`;
+    the row gets ``name`` (the run's label) and ``run_id`` = ``<name>-<test_id>``."""
     checkpoint = train_run(run, runs_root=runs_root, force=force, progress=progress)
-    return evaluate_checkpoint(run, checkpoint, runs_root=runs_root, force=force, progress=progress)
+    row = evaluate_checkpoint(run, checkpoint, runs_root=runs_root, force=force, progress=progress)
+    return {"run_id": f"{run.name}-{row['test_id']}", "name": run.name, **row}

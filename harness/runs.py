@@ -1,22 +1,30 @@
-"""Run folders and the results table.
+"""Run folders, the one definition of what each stage's results depend on, and the results table.
 
-A run folder ``<runs_root>/<name>-<config_hash>/`` holds everything one run produced:
+A run is identified by what it computes, never by the study or row that asked for it: each stage's
+identity is a hash of exactly the configuration fields that stage depends on (:func:`stage_identity`,
+the only place that decides this), plus the SynthVID generator's fingerprint. Two studies that contain
+the same row therefore train it once, and a cross-method comparison reuses every run.
 
-* ``config.json``: the resolved ``RunConfig`` (``harness.config.to_json``);
-* ``env.json``: python/torch/torchvision/numpy/cupy versions, device, CPU count, git commit and
-  dirty flag, hostname, time (written when the run starts; ``env_<n>.json`` on each resume);
-* ``metrics.jsonl``, ``detections.txt`` (devkit format), ``eval.json``, ``measure.json``;
-* ``DONE``, written last: a run with ``DONE`` and an equal ``config.json`` is complete.
+Layout under a runs root (``results/runs`` for the ablations):
 
-The phase-1 detector is shared: every run whose phase-1-relevant configuration (data, number of
-classes, backbone, head, phase-1 schedule, seed) hashes the same trains it once in
-``<runs_root>/phase1-<hash>/``.
+* ``phase1-<hash>/``: the still-image detector, shared by every run that agrees on phase 1;
+* ``phase2-<hash>/``: one trained video model (``phase2/`` checkpoints and metrics, ``metrics.jsonl``
+  of both phases, ``detections/`` cached per test-time support set) and its evaluations
+  ``eval-<hash>/`` (``eval.json``, ``measure.json``, ``result.json``);
+* ``prepared/<kind>-<hash>/``: one-time preparations such as a flow net pretrained on ground-truth
+  flow (``harness.prepare``), shared by every run that uses them.
+
+Each folder holds ``config.json`` (its stage identity), ``env.json`` (python/torch/numpy/cupy versions,
+device, CPU count, git commit and dirty flag, hostname, time; ``env_<n>.json`` on each resume) and
+``DONE``, written last: a folder with ``DONE`` and an equal ``config.json`` is complete.
 
 Results rows go to a Parquet file; appending replaces rows with the same ``run_id``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -25,60 +33,95 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
-from harness.config import phase_seed, to_dict, to_json
+from harness.config import (
+    AggregationConfig,
+    RunConfig,
+    SupportSpec,
+    TestConfig,
+    TrainConfig,
+    phase_seed,
+    to_dict,
+)
 
 DONE_MARKER = "DONE"
-PHASE1_DATA_FIELDS = ("root", "format", "cocovid_json", "synth_preset", "synth_seed", "train_split",
-                      "train_list", "image_size", "on_bad_input")
+Stage = Literal["phase1", "phase2", "detections", "test"]
+STAGES: tuple[str, ...] = ("phase1", "phase2", "detections", "test")
+# Test-time fields that change what is scored but not which detections the model makes.
+_SCORING_FIELDS = ("seq_nms", "protocols", "motion", "measure")
 
 
-def run_id(config: Any) -> str:
-    """``<name>-<hash>``: the folder name and the results table's key. The hash covers the config and,
-    on SynthVID, the generator's fingerprint, so that retuning the data never reuses stale runs."""
-    return f"{config.name}-{_hash(to_json(config) + _data_identity(config))}"
-
-
-def _hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _data_identity(config: Any) -> str:
-    if config.data.root is not None:
-        return ""
+def data_identity(data: Any) -> dict[str, Any]:
+    """What identifies the dataset's content beyond its config: the SynthVID generator's fingerprint,
+    so that retuning the generator never reuses runs trained on older data."""
+    if data.root is not None:
+        return {}
     from harness.data.synthvid import data_fingerprint
 
-    return data_fingerprint(config.data.synth_preset)
+    return {"synthvid_fingerprint": data_fingerprint(data.synth_preset)}
 
 
-def run_dir(root: Path | str, config: Any) -> Path:
-    """The folder of the run described by ``config`` under ``root`` (not created)."""
-    return Path(root) / run_id(config)
+def stage_identity(run: RunConfig, stage: Stage) -> dict[str, Any]:
+    """The configuration fields stage ``stage`` of ``run`` depends on, as a JSON-able dict.
+
+    * ``phase1``: the still-image detector: everything except the row's name, the test section, the
+      phase-2 schedule and seed, the aggregation and the phase-2 sampling of supports and stills.
+      New fields count by default (a denylist), so a field added later can never be silently
+      left out and reuse a stale detector.
+    * ``phase2``: the trained video model: everything except the name and the test section (the
+      phase-1 seed resolved, so ``phase1_seed=None`` and ``phase1_seed=seed`` are one run).
+    * ``detections``: phase 2 plus the test fields that decide the detections (support frames,
+      split, video subset).
+    * ``test``: phase 2 plus every test field except ``batch_videos`` (inference batching changes
+      no detection).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    resolved = dataclasses.replace(run, name="", phase1_seed=phase_seed(run, 1), test=TestConfig())
+    if stage == "phase1":
+        resolved = dataclasses.replace(
+            resolved,
+            seed=phase_seed(run, 1),
+            phase2=TrainConfig(),
+            model=dataclasses.replace(run.model, aggregation=AggregationConfig()),
+            data=dataclasses.replace(run.data, train_support=SupportSpec(), still_fraction=0.0),
+        )
+    identity = {**to_dict(resolved), **data_identity(run.data)}
+    del identity["name"], identity["test"]  # a label, and the test section (below, for test stages)
+    if stage == "detections":
+        test = to_dict(run.test)
+        identity["test"] = {k: v for k, v in test.items() if k in ("support", "split", "max_videos")}
+    elif stage == "test":
+        test = to_dict(run.test)
+        identity["test"] = {k: v for k, v in test.items() if k != "batch_videos"}
+    return identity
 
 
-def phase1_config(config: Any) -> dict[str, Any]:
-    """The part of a ``RunConfig`` that determines the phase-1 detector."""
-    return {
-        # only what shapes the still-image detector: not supports, oracle flow or the val subset
-        "data": {k: v for k, v in to_dict(config.data).items() if k in PHASE1_DATA_FIELDS},
-        "num_classes": config.model.num_classes,
-        "backbone": to_dict(config.model.backbone),
-        "head": to_dict(config.model.head),
-        "phase1": to_dict(config.phase1),
-        "seed": phase_seed(config, 1),
-        "device": config.device,
-    }
+def identity_json(identity: dict[str, Any]) -> str:
+    """The canonical text of an identity (what ``config.json`` holds and the hash covers)."""
+    return json.dumps(identity, indent=2, sort_keys=True, default=str)
 
 
-def phase1_dir(root: Path | str, config: Any) -> Path:
-    """``<root>/phase1-<hash of phase1_config>``: shared by runs that agree on phase 1."""
-    identity = json.dumps(phase1_config(config), sort_keys=True) + _data_identity(config)
-    return Path(root) / f"phase1-{_hash(identity)}"
+def digest(identity: dict[str, Any]) -> str:
+    """Stable 10-hex-digit hash of an identity."""
+    return hashlib.sha1(identity_json(identity).encode()).hexdigest()[:10]
+
+
+def stage_digest(run: RunConfig, stage: Stage) -> str:
+    return digest(stage_identity(run, stage))
+
+
+def stage_dir(root: Path | str, run: RunConfig, stage: Literal["phase1", "phase2"]) -> Path:
+    """``<root>/phase1-<hash>`` or ``<root>/phase2-<hash>`` (not created)."""
+    return Path(root) / f"{stage}-{stage_digest(run, stage)}"
+
+
+def evaluation_dir(root: Path | str, run: RunConfig) -> Path:
+    """``<phase-2 folder>/eval-<hash of the test stage>`` (not created)."""
+    return stage_dir(root, run, "phase2") / f"eval-{stage_digest(run, 'test')}"
 
 
 def _git_state() -> dict[str, Any]:
@@ -138,20 +181,24 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def start_run(folder: Path, config: Any) -> None:
-    """Create ``folder`` with ``config.json`` and an ``env.json`` (``env_<n>.json`` when resuming).
+def start_run(folder: Path, identity: dict[str, Any]) -> None:
+    """Create ``folder`` with ``config.json`` (the stage identity) and an ``env.json``
+    (``env_<n>.json`` when resuming).
 
-    Raises ``ValueError`` when the folder holds a different configuration (a hash collision or a
+    Raises ``ValueError`` when the folder holds a different identity (a hash collision or a
     hand-edited folder): results of two configurations must never mix.
     """
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.json"
-    if config_path.exists() and config_path.read_text() != to_json(config):
+    text = identity_json(identity)
+    if config_path.exists() and config_path.read_text() != text:
         raise ValueError(f"{config_path} holds a different configuration than run {folder.name}")
     if not config_path.exists():
         tmp = config_path.with_name("config.json.tmp")
-        tmp.write_text(to_json(config))
+        tmp.write_text(text)
         os.replace(tmp, config_path)
+    if (folder / DONE_MARKER).exists():
+        return  # reusing a finished folder: nothing ran, so no environment to record
     env_path = folder / "env.json"
     resume = 1
     while env_path.exists():
@@ -160,13 +207,13 @@ def start_run(folder: Path, config: Any) -> None:
     write_json(env_path, environment())
 
 
-def is_complete(folder: Path, config: Any) -> bool:
-    """True when ``folder`` has ``DONE`` and its ``config.json`` equals ``config``."""
+def is_complete(folder: Path, identity: dict[str, Any]) -> bool:
+    """True when ``folder`` has ``DONE`` and its ``config.json`` equals ``identity``."""
     config_path = folder / "config.json"
     return (
         (folder / DONE_MARKER).exists()
         and config_path.exists()
-        and config_path.read_text() == to_json(config)
+        and config_path.read_text() == identity_json(identity)
     )
 
 
@@ -175,7 +222,7 @@ def mark_done(folder: Path) -> None:
 
 
 # Columns that identify a results row come first, in this order; every other column follows sorted.
-KEY_COLUMNS = ("run_id", "name", "row", "variant", "group", "seed", "config_hash")
+KEY_COLUMNS = ("run_id", "name", "row", "variant", "group", "seed", "train_id", "test_id")
 
 
 def canonical_columns(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,9 @@
-"""Training of one phase of the shared detector, resumable and deterministic on CPU.
+"""The trainer: one phase of the shared detector, resumable and deterministic on CPU.
 
-Phase 1 trains the still-image detector (no supports, no aggregator weights); phase 2 builds the
-video detector from ``run.model``, loads the phase-1 weights (:meth:`VideoDetector.load_phase1`)
-and trains with random supports per step (``run.data.train_support``: temporal dropout).
+:func:`train` takes a model, a dataset and its schedule (a :class:`~harness.config.TrainConfig`) as
+explicit arguments; which model and which data a run's phase uses is decided by the caller
+(``harness.pipeline`` with ``harness.build``). Phase 1 trains the still-image detector, phase 2 the
+video detector initialised from it with random supports per step (temporal dropout).
 
 What the output folder holds (``out_dir``):
 
@@ -14,9 +15,14 @@ What the output folder holds (``out_dir``):
   data-loading times (the data-loading share of a step is measured, not assumed).
 
 Determinism: the batch of step ``k`` depends only on ``(seed, k)`` (an epoch-wise permutation
-seeded by ``seed + epoch`` and ``dataset.set_epoch(epoch)`` for the random supports), the model
-init on ``seed + 1000 * phase``, and RNG states are checkpointed, so a resumed run ends with the
-same weights as an uninterrupted one.
+seeded by ``seed + epoch`` and ``dataset.set_epoch(epoch)`` for the random supports); the caller
+seeds the model's initialisation (:func:`seed_everything`); RNG states are checkpointed, so a
+resumed run ends with the same weights as an uninterrupted one.
+
+Optimizer groups: a module may declare, for its own parameters, no weight decay and a learning-rate
+multiplier by defining ``optimizer_overrides() -> {parameter name: {"weight_decay": float,
+"lr_mult": float}}`` (names relative to the module, e.g. ``{"locations": {"weight_decay": 0.0,
+"lr_mult": 100.0}}``); :func:`build_optimizer` reads it.
 """
 
 from __future__ import annotations
@@ -35,19 +41,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from harness.config import phase_seed
-from harness.model.detector import VideoDetector, build_detector
+from harness.config import TrainConfig
 
 FINAL_CHECKPOINT = "final.pt"
 METRICS_FILE = "metrics.jsonl"
 _KEEP_CHECKPOINTS = 2
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+WARMUP_START_FACTOR = 0.001  # learning-rate multiplier at step 0 of the linear warm-up
+STEP_DECAY_AT = (2 / 3, 8 / 9)  # "step" schedule: x0.1 at these fractions of the post-warm-up steps
+SGD_MOMENTUM = 0.9
 
 
 def seed_everything(seed: int) -> None:
@@ -56,11 +57,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def uses_supports(data: Any) -> bool:
-    """True when the data configuration feeds support frames at training or test time."""
-    return any(spec.strategy != "none" for spec in (data.train_support, data.test_support))
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -109,31 +105,62 @@ class StepBatchSampler(Sampler[list[int]]):
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up then cosine/step/constant."""
     if warmup_steps > 0 and step < warmup_steps:
-        return 0.001 + (1 - 0.001) * step / warmup_steps
+        return WARMUP_START_FACTOR + (1 - WARMUP_START_FACTOR) * step / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "step":  # x0.1 at 2/3 and again at 8/9 of the post-warm-up steps
-        return 0.1 ** (int(progress >= 2 / 3) + int(progress >= 8 / 9))
+    if schedule == "step":
+        return 0.1 ** sum(int(progress >= at) for at in STEP_DECAY_AT)
     raise ValueError(f"unknown schedule {schedule!r}; expected cosine, step or constant")
+
+
+def parameter_options(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Full parameter name -> ``{"weight_decay": ..., "lr_mult": ...}`` declared by the modules'
+    ``optimizer_overrides()`` (see the module docstring); an unknown name is an error."""
+    options: dict[str, dict[str, float]] = {}
+    names = {name for name, _ in model.named_parameters()}
+    for module_name, module in model.named_modules():
+        declare = getattr(module, "optimizer_overrides", None)
+        if declare is None:
+            continue
+        for local, option in declare().items():
+            full = f"{module_name}.{local}" if module_name else local
+            unknown = set(option) - {"weight_decay", "lr_mult"}
+            if full not in names or unknown:
+                raise KeyError(
+                    f"{type(module).__name__}.optimizer_overrides() declares {local!r} {option}: "
+                    f"{'no such parameter' if full not in names else f'unknown options {sorted(unknown)}'}"
+                )
+            options[full] = dict(option)
+    return options
 
 
 def build_optimizer(
     model: torch.nn.Module, *, name: str, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9); no weight decay on norms and biases."""
-    decay, no_decay = [], []
+    """AdamW or SGD (momentum :data:`SGD_MOMENTUM`); no weight decay on norms and biases; parameters a
+    module declares (:func:`parameter_options`) get their own group with their decay and lr x lr_mult.
+
+    Each group's ``lr`` is its base; the scheduler multiplies every group by the same factor."""
+    declared = parameter_options(model)
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for param_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or param_name.endswith(".bias") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        default_decay = 0.0 if param.ndim <= 1 or param_name.endswith(".bias") else weight_decay
+        option = declared.get(param_name, {})
+        key = (float(option.get("weight_decay", default_decay)), float(option.get("lr_mult", 1.0)))
+        groups.setdefault(key, []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": decay, "lr": lr * mult, "lr_mult": mult}
+        for (decay, mult), params in sorted(groups.items())
+    ]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(param_groups, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=SGD_MOMENTUM)
     raise ValueError(f"unknown optimizer {name!r}; expected adamw or sgd")
 
 
@@ -176,71 +203,101 @@ def _truncate_metrics(path: Path, *, after_step: int) -> None:
     os.replace(tmp, path)
 
 
-def _default_dataset(run: Any, phase: int) -> tuple[Dataset, Callable]:
-    from harness.data.dataset import build_dataset, collate  # the data layer is an edge dependency
-
-    return build_dataset(run.data, "train", phase=phase, seed=phase_seed(run, phase)), collate
-
-
-def build_phase_model(run: Any, *, phase: int) -> VideoDetector:
-    """Phase 1, or phase 2 of a run without supports (the single-frame baseline): the still-image
-    detector; phase 2 otherwise: the video detector of ``run.model``."""
-    return build_detector(run.model, single_frame=phase == 1 or not uses_supports(run.data))
-
-
-def train_phase(
-    run: Any,
-    *,
-    phase: int,
+def _resume(
     out_dir: Path,
-    init_checkpoint: Path | None = None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+) -> int:
+    """Load the newest checkpoint of ``out_dir`` into the training state; return its completed steps."""
+    resume_from = latest_checkpoint(out_dir)
+    if resume_from is None:
+        return 0
+    state = torch.load(resume_from, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _restore_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _epoch_loader(
+    dataset: Dataset, collate_fn: Callable | None, *, schedule: TrainConfig, seed: int, step: int
+) -> DataLoader:
+    """The loader of the rest of ``step``'s epoch (see :class:`StepBatchSampler`)."""
+    steps_per_epoch = StepBatchSampler.steps_per_epoch(len(dataset), schedule.batch_size)
+    epoch = step // steps_per_epoch
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    sampler = StepBatchSampler(
+        dataset_size=len(dataset),
+        batch_size=schedule.batch_size,
+        seed=seed,
+        epoch=epoch,
+        first_step=step,
+        last_step=min(schedule.steps, (epoch + 1) * steps_per_epoch),
+    )
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=schedule.num_workers)
+
+
+def _step_record(
+    *,
+    step: int,
+    phase: int,
+    total: torch.Tensor,
+    losses: dict[str, torch.Tensor],
+    lr: float,
+    grad_norm: torch.Tensor,
+    seconds: float,
+    data_seconds: float,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"step": step, "phase": phase, "loss": total.item()}
+    record.update({term: value.item() for term, value in losses.items()})
+    record.update({"lr": lr, "grad_norm": float(grad_norm), "seconds": seconds, "data_seconds": data_seconds})
+    return record
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    schedule: TrainConfig,
+    out_dir: Path,
+    seed: int,
+    device: torch.device,
+    collate_fn: Callable | None = None,
+    phase: int = 2,
     progress: bool = True,
     log_every: int = 1,
-    dataset: Dataset | None = None,
-    collate_fn: Callable | None = None,
 ) -> Path:
-    """Train phase ``phase`` (1 or 2) of ``run`` (a ``RunConfig``) in ``out_dir``; return ``final.pt``.
+    """Train ``model`` (with ``model.losses(batch) -> {term: scalar}``) on ``dataset`` for
+    ``schedule.steps`` steps in ``out_dir``; return ``final.pt``.
 
-    Resumes from the newest checkpoint in ``out_dir``; returns at once when ``final.pt`` exists.
-    ``init_checkpoint`` (phase 2): the phase-1 ``final.pt`` to start from. ``dataset``/``collate_fn``
-    replace ``harness.data.dataset.build_dataset(run.data, "train", ...)`` (custom data, tests).
+    ``seed`` drives the batch order; ``phase`` only labels the metrics. Resumes from the newest
+    checkpoint in ``out_dir``; returns at once when ``final.pt`` exists.
 
     Raises ``FloatingPointError`` naming the step and the loss term when a loss is NaN/inf, after
     saving the state before that step as a checkpoint.
     """
-    if phase not in (1, 2):
-        raise ValueError(f"phase must be 1 or 2, got {phase}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final_path = out_dir / FINAL_CHECKPOINT
     if final_path.exists():
         return final_path
-    config = run.phase1 if phase == 1 else run.phase2
-    device = resolve_device(run.device)
-    seed_everything(phase_seed(run, phase) + 1000 * phase)
-
-    model = build_phase_model(run, phase=phase)
-    if phase == 2 and init_checkpoint is not None:
-        model.load_phase1(init_checkpoint)
-    if config.freeze_backbone:
+    if schedule.freeze_backbone:
         model.backbone.requires_grad_(False)
     model.to(device)
-    optimizer = build_optimizer(model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(
+        model, name=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(
-            step, total_steps=config.steps, warmup_steps=config.warmup_steps, schedule=config.schedule
+            step, total_steps=schedule.steps, warmup_steps=schedule.warmup_steps, schedule=schedule.schedule
         ),
     )
-    start_step = 0
-    resume_from = latest_checkpoint(out_dir)
-    if resume_from is not None:
-        state = torch.load(resume_from, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _restore_rng_state(state["rng"])
-        start_step = state["step"]
+    start_step = _resume(out_dir, model, optimizer, scheduler, device)
     metrics_path = out_dir / METRICS_FILE
     _truncate_metrics(metrics_path, after_step=start_step)
 
@@ -261,30 +318,15 @@ def train_phase(
             old.unlink()
         return path
 
-    if dataset is None:
-        dataset, collate_fn = _default_dataset(run, phase)
-    steps_per_epoch = StepBatchSampler.steps_per_epoch(len(dataset), config.batch_size)
     model.train()
     step_seconds: list[float] = []
     data_seconds: list[float] = []
-    bar = tqdm(total=config.steps, initial=start_step, desc=f"train phase {phase}", disable=not progress)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=schedule.steps, initial=start_step, desc=f"train phase {phase}", disable=not progress)
     step = start_step
     with metrics_path.open("a") as metrics_file:
-        while step < config.steps:
-            epoch = step // steps_per_epoch
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler = StepBatchSampler(
-                dataset_size=len(dataset),
-                batch_size=config.batch_size,
-                seed=phase_seed(run, phase),
-                epoch=epoch,
-                first_step=step,
-                last_step=min(config.steps, (epoch + 1) * steps_per_epoch),
-            )
-            loader = DataLoader(
-                dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=config.num_workers
-            )
+        while step < schedule.steps:
+            loader = _epoch_loader(dataset, collate_fn, schedule=schedule, seed=seed, step=step)
             tic = time.perf_counter()
             for batch in loader:
                 batch = batch.to(device)
@@ -300,10 +342,8 @@ def train_phase(
                 total = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], config.grad_clip
-                )
-                lr = optimizer.param_groups[0]["lr"]
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
+                lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -312,22 +352,22 @@ def train_phase(
                 seconds = time.perf_counter() - tic
                 step_seconds.append(seconds)
                 data_seconds.append(data_time)
-                if step % log_every == 0 or step == config.steps:
-                    record = {"step": step, "phase": phase, "loss": total.item()}
-                    record.update({term: value.item() for term, value in losses.items()})
-                    record.update(
-                        {
-                            "lr": lr,
-                            "grad_norm": float(grad_norm),
-                            "seconds": seconds,
-                            "data_seconds": data_time,
-                        }
+                if step % log_every == 0 or step == schedule.steps:
+                    record = _step_record(
+                        step=step,
+                        phase=phase,
+                        total=total,
+                        losses=losses,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        seconds=seconds,
+                        data_seconds=data_time,
                     )
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                 bar.set_postfix(loss=f"{total.item():.3f}")
                 bar.update(1)
-                if step % config.checkpoint_every == 0 and step < config.steps:
+                if step % schedule.checkpoint_every == 0 and step < schedule.steps:
                     save_checkpoint(step)
                 tic = time.perf_counter()
         bar.close()

@@ -21,3 +21,13 @@ def _isolate_rng_state():
     state = torch.get_rng_state()
     yield
     torch.set_rng_state(state)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the machines have 2 shared cores; oversubscription only slows small ops.
+    Modules that train or infer use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,12 +28,7 @@ def videos(tmp_path_factory):
     return load_split(DataConfig(root=str(root)), "val")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_detector(num_classes: int, aggregation: AggregationConfig | None = None, single_frame: bool = False):

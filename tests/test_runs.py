@@ -8,7 +8,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 import harness.infer
 import harness.pipeline
@@ -17,20 +16,27 @@ from harness.config import (
     AggregationConfig,
     BackboneConfig,
     DataConfig,
-    EvalConfig,
     HeadConfig,
     ModelConfig,
     RunConfig,
     SupportSpec,
+    TestConfig,
     TrainConfig,
-    to_json,
 )
 from harness.data.dataset import load_split
 from harness.eval.detfile import read_devkit_detections
 from harness.eval.evaluate import evaluate
 from harness.eval.seqnms import seq_nms
-from harness.pipeline import evaluate_checkpoint, run_experiment, train_run, training_config
-from harness.runs import append_results, load_results, phase1_dir, run_dir, run_id, start_run
+from harness.pipeline import evaluate_checkpoint, run_experiment, train_run
+from harness.runs import (
+    append_results,
+    evaluation_dir,
+    identity_json,
+    load_results,
+    stage_dir,
+    stage_identity,
+    start_run,
+)
 from harness.train import read_metrics
 
 
@@ -42,12 +48,7 @@ def data_dir(tmp_path_factory):
         yield
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_run(name="video", **changes) -> RunConfig:
@@ -59,7 +60,6 @@ def tiny_run(name="video", **changes) -> RunConfig:
             synth_preset="tiny",
             image_size=32,
             train_support=SupportSpec(strategy="random_window", num=2, radius=3),
-            test_support=SupportSpec(strategy="sliding", radius=2),
         ),
         model=ModelConfig(
             num_classes=8,
@@ -69,28 +69,29 @@ def tiny_run(name="video", **changes) -> RunConfig:
         ),
         phase1=steps,
         phase2=steps,
-        eval=EvalConfig(motion=True, seq_nms=False),
+        test=TestConfig(support=SupportSpec(strategy="sliding", radius=2), motion=True, seq_nms=False),
     )
     return dataclasses.replace(run, **changes)
 
 
 def _folders(root, run):
     """(training folder, evaluation folder of the default variant) of ``run``."""
-    training = run_dir(root, training_config(run))
-    return training, training / f"eval-test-{run_id(run).rsplit('-', 1)[1]}"
+    return stage_dir(root, run, "phase2"), evaluation_dir(root, run)
 
 
 def test_run_folder_contents_and_row(tmp_path, data_dir):
     run = tiny_run()
     row = run_experiment(run, runs_root=tmp_path, progress=False)
     training, folder = _folders(tmp_path, run)
-    assert row["run_id"] == f"{run_id(run)}-test" and row["config_hash"] == run_id(run).rsplit("-", 1)[1]
+    assert row["run_id"] == f"video-{row['test_id']}" and row["name"] == "video"
+    assert training.name == f"phase2-{row['train_id']}" and folder.name == f"eval-{row['test_id']}"
     for name in ("config.json", "env.json", "metrics.jsonl", "phase2/final.pt"):
         assert (training / name).is_file(), name
     for name in ("config.json", "env.json", "eval.json", "measure.json", "result.json", "DONE"):
         assert (folder / name).is_file(), name
-    assert (folder / "config.json").read_text() == to_json(run)
-    assert (training / "config.json").read_text() == to_json(training_config(run))
+    assert (folder / "config.json").read_text() == identity_json(stage_identity(run, "test"))
+    assert (training / "config.json").read_text() == identity_json(stage_identity(run, "phase2"))
+    assert '"name"' not in (training / "config.json").read_text()  # the name is a label, not identity
     env = json.loads((folder / "env.json").read_text())
     assert {
         "python",
@@ -107,7 +108,7 @@ def test_run_folder_contents_and_row(tmp_path, data_dir):
     } <= set(env)
     phases = [r["phase"] for r in read_metrics(training) if "event" not in r]
     assert phases == [1] * 4 + [2] * 4
-    videos = load_split(run.data, run.data.val_split)
+    videos = load_split(run.data, run.test.split)
     (detections_file,) = (training / "detections").glob("detections-*.txt")
     detections = read_devkit_detections(detections_file, videos, progress=False)
     assert len(detections) == sum(len(v) for v in videos)
@@ -137,22 +138,20 @@ def test_run_folder_contents_and_row(tmp_path, data_dir):
 def test_test_time_variants_share_training_and_seq_nms_shares_inference(tmp_path, data_dir, monkeypatch):
     run = tiny_run()
     checkpoint = train_run(run, runs_root=tmp_path, progress=False)
-    plain = evaluate_checkpoint(run, checkpoint, runs_root=tmp_path, variant="plain", progress=False)
+    plain = evaluate_checkpoint(run, checkpoint, runs_root=tmp_path, progress=False)
     wider = dataclasses.replace(
-        run, data=dataclasses.replace(run.data, test_support=SupportSpec("sliding", radius=3))
+        run, test=dataclasses.replace(run.test, support=SupportSpec("sliding", radius=3))
     )
     assert train_run(wider, runs_root=tmp_path, progress=False) == checkpoint  # same training config
 
     def must_not_infer(*args, **kwargs):
         raise AssertionError("inference was redone for a Seq-NMS-only variant")
 
-    with_seq_nms = dataclasses.replace(run, eval=EvalConfig(seq_nms=True))
+    with_seq_nms = dataclasses.replace(run, test=dataclasses.replace(run.test, seq_nms=True))
     with monkeypatch.context() as patch:
         patch.setattr(harness.infer, "predict_split", must_not_infer)
-        row = evaluate_checkpoint(
-            with_seq_nms, checkpoint, runs_root=tmp_path, variant="seqnms", progress=False
-        )
-    videos = load_split(run.data, run.data.val_split)
+        row = evaluate_checkpoint(with_seq_nms, checkpoint, runs_root=tmp_path, progress=False)
+    videos = load_split(run.data, run.test.split)
     training, _ = _folders(tmp_path, run)
     (detections_file,) = (training / "detections").glob("detections-*.txt")
     expected = evaluate(
@@ -164,7 +163,7 @@ def test_test_time_variants_share_training_and_seq_nms_shares_inference(tmp_path
         progress=False,
     )
     assert row["devkit_map"] == pytest.approx(expected["devkit"]["map"])
-    assert row["run_id"] != plain["run_id"]
+    assert row["test_id"] != plain["test_id"] and row["train_id"] == plain["train_id"]
 
 
 def test_completed_run_is_skipped_and_force_redoes_it(tmp_path, data_dir, monkeypatch):
@@ -177,9 +176,10 @@ def test_completed_run_is_skipped_and_force_redoes_it(tmp_path, data_dir, monkey
         raise AssertionError("a completed run was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(harness.train, "build_phase_model", must_not_train)
+        patch.setattr(harness.pipeline, "train", must_not_train)
         patch.setattr(harness.pipeline, "load_trained", must_not_train)
         assert run_experiment(run, runs_root=tmp_path, progress=False) == row
+    assert not (_folders(tmp_path, run)[1] / "env_1.json").exists()  # nothing ran: no environment added
     assert done.stat().st_mtime_ns == stamp
     forced = run_experiment(run, runs_root=tmp_path, force=True, progress=False)
     assert done.stat().st_mtime_ns != stamp
@@ -217,12 +217,20 @@ def test_phase1_is_shared_and_single_frame_baseline_is_finetuned(tmp_path, data_
     video = tiny_run()
     single = tiny_run(
         name="ssn",
-        data=dataclasses.replace(video.data, train_support=SupportSpec(), test_support=SupportSpec()),
+        data=dataclasses.replace(video.data, train_support=SupportSpec()),
+        test=TestConfig(support=SupportSpec()),
     )
-    oracle = tiny_run(name="oracle", data=dataclasses.replace(video.data, with_oracle_flow=True))
-    assert phase1_dir(tmp_path, video) == phase1_dir(tmp_path, single) == phase1_dir(tmp_path, oracle)
+    oracle = tiny_run(
+        name="oracle",
+        model=dataclasses.replace(
+            video.model,
+            aggregation=AggregationConfig(alignment="flow_warp", alignment_kwargs={"flow_source": "oracle"}),
+        ),
+    )
+    phase1 = {stage_dir(tmp_path, run, "phase1") for run in (video, single, oracle)}
+    assert len(phase1) == 1
     run_experiment(video, runs_root=tmp_path, progress=False)
-    phase1_final = phase1_dir(tmp_path, video) / "final.pt"
+    phase1_final = stage_dir(tmp_path, video, "phase1") / "final.pt"
     stamp = phase1_final.stat().st_mtime_ns
     row = run_experiment(single, runs_root=tmp_path, progress=False)
     assert phase1_final.stat().st_mtime_ns == stamp
@@ -231,16 +239,18 @@ def test_phase1_is_shared_and_single_frame_baseline_is_finetuned(tmp_path, data_
     phase2 = [r for r in read_metrics(_folders(tmp_path, single)[0] / "phase2") if "event" not in r]
     assert len(phase2) == single.phase2.steps
     assert row["params_aggregation"] == 0 and row["flops_aggregation"] == 0
-    assert phase1_dir(tmp_path, dataclasses.replace(video, seed=1)) != phase1_dir(tmp_path, video)
+    assert stage_dir(tmp_path, dataclasses.replace(video, seed=1), "phase1") != stage_dir(
+        tmp_path, video, "phase1"
+    )
 
 
 def test_folder_with_other_config_is_refused(tmp_path):
     run = tiny_run()
-    folder = run_dir(tmp_path, run)
+    folder = stage_dir(tmp_path, run, "phase2")
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(to_json(tiny_run(seed=5)))
+    (folder / "config.json").write_text(identity_json(stage_identity(tiny_run(seed=5), "phase2")))
     with pytest.raises(ValueError, match="different configuration"):
-        start_run(folder, run)
+        start_run(folder, stage_identity(run, "phase2"))
 
 
 def test_append_results_replaces_same_run_id(tmp_path):
@@ -271,18 +281,20 @@ def test_without_phase2_the_video_detector_uses_phase1_weights(tmp_path, data_di
 def test_phase1_seed_shares_the_still_image_detector_across_seeds(tmp_path):
     seed0 = tiny_run(phase1_seed=0)
     seed1 = dataclasses.replace(seed0, seed=1)
-    assert phase1_dir(tmp_path, seed0) == phase1_dir(tmp_path, seed1)
-    assert run_dir(tmp_path, training_config(seed0)) != run_dir(tmp_path, training_config(seed1))
-    assert phase1_dir(tmp_path, tiny_run()) != phase1_dir(tmp_path, dataclasses.replace(tiny_run(), seed=1))
+    assert stage_dir(tmp_path, seed0, "phase1") == stage_dir(tmp_path, seed1, "phase1")
+    assert stage_dir(tmp_path, seed0, "phase2") != stage_dir(tmp_path, seed1, "phase2")
+    unshared = dataclasses.replace(tiny_run(), seed=1)
+    assert stage_dir(tmp_path, tiny_run(), "phase1") != stage_dir(tmp_path, unshared, "phase1")
 
 
 def test_retuned_synthvid_gets_new_run_folders(tmp_path, monkeypatch):
     import harness.data.synthvid as synthvid
 
     run = tiny_run()
-    before = (run_dir(tmp_path, run), phase1_dir(tmp_path, run))
+    before = (stage_dir(tmp_path, run, "phase2"), stage_dir(tmp_path, run, "phase1"))
     monkeypatch.setattr(synthvid, "GENERATOR_VERSION", "changed")
-    assert run_dir(tmp_path, run) != before[0] and phase1_dir(tmp_path, run) != before[1]
+    after = (stage_dir(tmp_path, run, "phase2"), stage_dir(tmp_path, run, "phase1"))
+    assert after[0] != before[0] and after[1] != before[1]
 
 
 def test_results_table_has_the_same_columns_whatever_order_a_row_was_built_in(tmp_path):

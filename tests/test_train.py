@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.build import PHASE_SEED_STRIDE, build_model
 from harness.config import (
     BackboneConfig,
     DataConfig,
@@ -16,15 +17,18 @@ from harness.config import (
     RunConfig,
     SupportSpec,
     TrainConfig,
+    phase_seed,
 )
 from harness.model.detector import VideoDetector
 from harness.train import (
     FINAL_CHECKPOINT,
     StepBatchSampler,
+    build_optimizer,
     latest_checkpoint,
     lr_factor,
     read_metrics,
-    train_phase,
+    seed_everything,
+    train,
 )
 from tests.model.fakes import NUM_CLASSES, FakeDataset, fake_collate
 
@@ -48,19 +52,26 @@ def tiny_run(steps: int = 8, checkpoint_every: int = 3, **phase1_changes) -> Run
     return RunConfig(device="cpu", model=TINY_MODEL, phase1=phase, phase2=phase)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine has 2 shared cores; oversubscription only slows tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _train(run, out_dir, dataset=None, phase=1, **kwargs):
+def _train(run, out_dir, dataset=None, phase=1, init_checkpoint=None):
+    """Phase ``phase`` of ``run`` as the pipeline trains it: seed, build, (load phase 1), train."""
     dataset = dataset if dataset is not None else FakeDataset(num_samples=8)
-    return train_phase(
-        run, phase=phase, out_dir=out_dir, dataset=dataset, collate_fn=fake_collate, progress=False, **kwargs
+    seed_everything(phase_seed(run, phase) + phase * PHASE_SEED_STRIDE)
+    model = build_model(run, phase=phase)
+    if init_checkpoint is not None:
+        model.load_phase1(init_checkpoint)
+    return train(
+        model,
+        dataset,
+        collate_fn=fake_collate,
+        schedule=run.phase1 if phase == 1 else run.phase2,
+        out_dir=out_dir,
+        seed=phase_seed(run, phase),
+        device=torch.device("cpu"),
+        phase=phase,
+        progress=False,
     )
 
 
@@ -224,3 +235,46 @@ def test_step_sampler_is_a_function_of_the_step():
 def test_bad_phase_raises(tmp_path):
     with pytest.raises(ValueError, match="phase"):
         _train(tiny_run(), tmp_path, phase=3)
+
+
+class _Tagged(torch.nn.Module):
+    """A module declaring one decay-free parameter with a 100x learning rate, beside a plain one."""
+
+    def __init__(self):
+        super().__init__()
+        self.locations = torch.nn.Parameter(torch.zeros(4, 2))
+        self.weight = torch.nn.Parameter(torch.zeros(4, 2))
+
+    def optimizer_overrides(self):
+        return {"locations": {"weight_decay": 0.0, "lr_mult": 100.0}}
+
+
+def test_declared_parameter_group_moves_by_its_multiplier_without_decay():
+    model = torch.nn.Sequential(_Tagged())
+    with torch.no_grad():  # non-zero weights, so that weight decay would show
+        model[0].locations.fill_(1.0)
+        model[0].weight.fill_(1.0)
+    optimizer = build_optimizer(model, name="sgd", lr=1e-3, weight_decay=0.5)
+    (model[0].locations.sum() + model[0].weight.sum()).backward()  # gradient 1 everywhere
+    optimizer.step()  # SGD's first step: p -= lr * (grad + decay * p) (momentum buffer = that)
+    torch.testing.assert_close(model[0].locations, torch.full((4, 2), 1.0 - 1e-3 * 100 * 1.0))
+    torch.testing.assert_close(model[0].weight, torch.full((4, 2), 1.0 - 1e-3 * (1.0 + 0.5 * 1.0)))
+    groups = {(g["weight_decay"], g["lr_mult"]) for g in optimizer.param_groups}
+    assert groups == {(0.0, 100.0), (0.5, 1.0)}
+
+
+def test_declared_parameter_group_keeps_its_multiplier_under_the_schedule():
+    model = torch.nn.Sequential(_Tagged())
+    optimizer = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.0)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)  # sets each group's lr = base x 0.5
+    lrs = sorted(g["lr"] for g in optimizer.param_groups)
+    assert lrs == pytest.approx([0.5e-3, 0.5e-1])
+
+
+def test_optimizer_overrides_naming_no_parameter_is_an_error():
+    class Wrong(_Tagged):
+        def optimizer_overrides(self):
+            return {"locatoins": {"lr_mult": 10.0}}
+
+    with pytest.raises(KeyError, match="locatoins.*no such parameter"):
+        build_optimizer(Wrong(), name="adamw", lr=1e-3, weight_decay=0.0)

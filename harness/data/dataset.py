@@ -255,13 +255,13 @@ def data_root(data: DataConfig) -> Path:
     return ensure_synthvid(data.synth_preset, data.synth_seed)
 
 
-def load_split(data: DataConfig, split: str) -> list[VideoRecord]:
+def load_split(data: DataConfig, split: str, *, max_videos: int | None = None) -> list[VideoRecord]:
     """Videos of ``split`` (``"det"``: the DET stills) of the configured dataset.
 
     SynthVID's parsed records are kept in ``<root>/cache/records-<split>.pkl`` (the dataset is immutable
     once complete). With ``format="cocovid"`` the annotation file is ``data.cocovid_json`` with ``{split}``
-    replaced by the split name, and images are found under ``data.root``. ``max_val_videos`` limits the
-    val split.
+    replaced by the split name, and images are found under ``data.root``. ``max_videos`` keeps the
+    split's first videos (None = all).
     """
     root = data_root(data)
     if data.root is None and data.format == "vid":  # SynthVID never changes once complete: reuse the parse
@@ -274,11 +274,9 @@ def load_split(data: DataConfig, split: str) -> list[VideoRecord]:
             partial = records_path.with_suffix(f".tmp{os.getpid()}")
             partial.write_bytes(pickle.dumps(videos))
             partial.replace(records_path)
-        max_videos = data.max_val_videos if split == data.val_split else None
         return videos[:max_videos] if max_videos is not None else videos
     if split == "det":
         return read_det_split(root, on_bad_input=data.on_bad_input)
-    max_videos = data.max_val_videos if split == data.val_split else None
     if data.format == "cocovid":
         if data.cocovid_json is None:
             raise ValueError("DataConfig.format='cocovid' needs cocovid_json")
@@ -295,13 +293,23 @@ def _has_stills(root: Path) -> bool:
     ).is_dir()
 
 
-def build_dataset(data: DataConfig, split: str, *, phase: int, seed: int) -> VideoFrameDataset:
-    """The dataset of one training phase or of evaluation.
+def build_dataset(
+    data: DataConfig,
+    split: str,
+    *,
+    phase: int,
+    seed: int,
+    support: SupportSpec | None = None,
+    with_oracle_flow: bool = False,
+) -> VideoFrameDataset:
+    """The dataset of one training phase (or, with ``support``, of a test-time window).
 
     * phase 1 (still-image detector): single frames (no supports) of the split's videos, and, for the
       training split, every DET still once.
-    * phase 2 (video model): ``train_support`` on the training split (stills mixed in at
-      ``still_fraction``), ``test_support`` on any other split.
+    * phase 2 (video model): ``support`` (default ``data.train_support``) on the split; on the
+      training split stills are mixed in at ``still_fraction``.
+    ``with_oracle_flow`` (phase 2) loads the ground-truth flow reference -> support, for methods that
+    declare ``needs_oracle_flow`` (SynthVID only).
     Training references follow ``data.train_list`` when set: an FGFA list, or with ``format="cocovid"``
     ``"is_vid_train_frame"`` for the frames the COCO-VID file flags (as mmtracking trains). SynthVID
     keeps decoded frames as ``.npy`` under ``<root>/cache``; other roots are cached in memory only.
@@ -329,14 +337,17 @@ def build_dataset(data: DataConfig, split: str, *, phase: int, seed: int) -> Vid
         stills = load_split(data, "det")
         num_references = len(frames) if not isinstance(frames, str) else sum(len(v) for v in videos)
         still_fraction = len(stills) / (num_references + len(stills)) if phase == 1 else data.still_fraction
-    support = SupportSpec() if phase == 1 else (data.train_support if training else data.test_support)
+    if phase == 1:
+        support = SupportSpec()
+    elif support is None:
+        support = data.train_support
     cache = FrameCache(data.image_size, cache_dir=root / "cache" if data.root is None else None)
     return VideoFrameDataset(
         videos,
         image_size=data.image_size,
         support=support,
         frames=frames,
-        with_oracle_flow=data.with_oracle_flow and phase == 2,
+        with_oracle_flow=with_oracle_flow and phase == 2,
         seed=seed,
         cache=cache,
         stills=stills,

@@ -60,9 +60,11 @@ def test_sampling_locations_map_zero_offsets_to_the_regular_grid_around_the_cent
 
 
 def test_variant_must_be_test_time_only():
-    with pytest.raises(ValueError, match="not test-time only"):
+    with pytest.raises(ValueError, match="'phase2.steps', which is not a test-time field"):
         Variant("bad", "row", {"phase2.steps": 3})
-    Variant("ok", "row", {"data.test_support": None, "eval.seq_nms": True})
+    with pytest.raises(ValueError, match="'data.test_support'"):  # the old spelling is no test field
+        Variant("bad", "row", {"data.test_support": None})
+    Variant("ok", "row", {"support": None, "seq_nms": True})
 
 
 def test_sampling_locations_keep_the_tap_weights_and_the_figure_stays_on_the_frame(tmp_path, monkeypatch):

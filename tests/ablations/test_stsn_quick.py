@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-import harness.train
+import harness.pipeline
 from ablations import stsn
 
 
@@ -34,7 +34,7 @@ def test_quick_ablation_end_to_end_and_rerun_skips_everything(tmp_path, monkeypa
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
 
-    monkeypatch.setattr(harness.train, "build_phase_model", must_not_train)
-    monkeypatch.setattr("harness.pipeline.load_trained", must_not_train)
+    monkeypatch.setattr(harness.pipeline, "train", must_not_train)
+    monkeypatch.setattr(harness.pipeline, "load_trained", must_not_train)
     stsn.ABLATION.run(quick=True, seeds=[0], out=tmp_path / "results")
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "results.parquet"), results)

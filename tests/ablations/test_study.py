@@ -7,8 +7,7 @@ import torch
 
 from ablations.base import Row, Study, Variant
 from harness.config import AggregationConfig, override
-from harness.pipeline import training_config
-from harness.runs import run_dir
+from harness.runs import stage_dir
 from tests.test_runs import tiny_run
 
 
@@ -25,12 +24,12 @@ ROWS = [
     Row("average", {"model.aggregation": AggregationConfig(alignment="identity", fusion="average")}),
     Row("cosine", {"model.aggregation": AggregationConfig(alignment="identity", fusion="cosine_softmax")}),
 ]
-VARIANTS = [Variant(row.name, row.name, {"eval.measure": False}) for row in ROWS]
+VARIANTS = [Variant(row.name, row.name, {"measure": False}) for row in ROWS]
 
 
 def _weights(study: Study, out, row: Row, seed: int) -> dict[str, torch.Tensor]:
-    config = study.row_config(row, seed, study.base)
-    final = run_dir(out.parent / "runs", training_config(config)) / "phase2" / "final.pt"
+    config = study.row_config(row, seed)
+    final = stage_dir(out.parent / "runs", config, "phase2") / "phase2" / "final.pt"
     return torch.load(final, weights_only=False)["model"]
 
 
@@ -60,13 +59,30 @@ def test_parallel_training_gives_the_serial_weights_and_results(tmp_path):
     )
 
 
-def test_a_failing_row_is_named_and_the_others_are_kept(tmp_path):
+def test_an_unknown_method_is_named_before_anything_trains(tmp_path):
     broken = Row("broken", {"model.aggregation": AggregationConfig(alignment="no-such-alignment")})
     study = Study("study", tiny_run(), [ROWS[0], broken], [VARIANTS[0]])
-    with pytest.raises(RuntimeError, match=r"broken \(seed 0\).*no-such-alignment"):
+    with pytest.raises(ValueError, match=r"row 'broken' cannot be built.*no-such-alignment"):
         study.run(seeds=[0], out=tmp_path / "study", jobs=2)
-    good = study.row_config(ROWS[0], 0, study.base)
-    assert (run_dir(tmp_path / "runs", training_config(good)) / "phase2" / "final.pt").is_file()
+    assert not (tmp_path / "runs").exists()  # not even phase 1 ran
+
+
+def test_a_failing_row_is_named_and_the_others_are_kept(tmp_path, monkeypatch):
+    import methods.average
+
+    original = methods.average.AverageFusion.forward
+
+    def explode(self, reference, aligned, valid):  # the "average" row fails in its first step
+        raise RuntimeError("fusion exploded")
+
+    broken = Row("broken", {"model.aggregation": AggregationConfig(alignment="identity", fusion="average")})
+    study = Study("study", tiny_run(), [ROWS[1], broken], [VARIANTS[1]])
+    monkeypatch.setattr(methods.average.AverageFusion, "forward", explode)
+    with pytest.raises(RuntimeError, match=r"broken \(seed 0\).*fusion exploded"):
+        study.run(seeds=[0], out=tmp_path / "study", jobs=1)
+    monkeypatch.setattr(methods.average.AverageFusion, "forward", original)
+    good = study.row_config(ROWS[1], 0)
+    assert (stage_dir(tmp_path / "runs", good, "phase2") / "phase2" / "final.pt").is_file()
 
 
 def test_jobs_must_be_positive(tmp_path):

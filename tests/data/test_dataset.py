@@ -211,19 +211,16 @@ def test_build_dataset_phases(tiny_synthvid):
         root=str(tiny_synthvid),
         image_size=48,
         train_support=WINDOW,
-        test_support=SupportSpec(strategy="sliding", radius=2),
-        with_oracle_flow=True,
-        max_val_videos=1,
     )
-    phase1 = build_dataset(data, "train", phase=1, seed=0)
+    phase1 = build_dataset(data, "train", phase=1, seed=0, with_oracle_flow=True)
     assert len(phase1) == 4 * 12 + 20  # every train frame and every still once
     assert phase1[0].support_images.shape == (0, 3, 48, 48) and phase1[0].oracle_flow is None
     assert phase1[4 * 12 + 19].frame.video.endswith("synthvid_det_000019")
-    phase2 = build_dataset(data, "train", phase=2, seed=0)
+    phase2 = build_dataset(data, "train", phase=2, seed=0, with_oracle_flow=True)
     assert len(phase2) == 48 and phase2[0].support_images.shape[0] == 2
     assert phase2[0].oracle_flow.shape == (2, 2, 48, 48)
-    val = build_dataset(data, "val", phase=2, seed=0)
-    assert len(val) == 12 and val[6].offsets.tolist() == [-2, -1, 1, 2]
+    val = build_dataset(data, "val", phase=2, seed=0, support=SupportSpec(strategy="sliding", radius=2))
+    assert len(val) == 2 * 12 and val[6].offsets.tolist() == [-2, -1, 1, 2]  # both val videos
     listed = build_dataset(
         DataConfig(root=str(tiny_synthvid), train_list="VID_train_every10frames.txt"),
         "train",
@@ -243,11 +240,11 @@ def test_measure_loading(val_videos):
 
 def test_default_root_is_synthvid_with_cached_records(tiny_synthvid, monkeypatch):
     monkeypatch.setenv("VODBENCH_DATA", str(tiny_synthvid.parent))
-    data = DataConfig(synth_preset="tiny", max_val_videos=1)
-    first = load_split(data, "val")
+    data = DataConfig(synth_preset="tiny")
+    first = load_split(data, "val", max_videos=1)
     assert (tiny_synthvid / "cache" / "records-val.pkl").is_file()
     assert [v.name for v in first] == ["val/synthvid_val_000000"]
-    again = load_split(data, "val")  # from the pickle: the same records
+    again = load_split(data, "val", max_videos=1)  # from the pickle: the same records
     assert [f.boxes.tolist() for f in again[0].frames] == [f.boxes.tolist() for f in first[0].frames]
     assert len(load_split(data, "det")) == 20
 
