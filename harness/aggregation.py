@@ -11,44 +11,38 @@ Hi/Wi = image size, stride = Hi / H):
     supports         (B, T, C, H, W)   backbone features of the support frames (T may be 0)
     offsets          (B, T) int64      support frame index minus reference frame index
     valid            (B, T) bool       False for padded slots (ragged batches)
-    reference_image  (B, 3, Hi, Wi)    normalised images, for flow networks (or None)
-    support_images   (B, T, 3, Hi, Wi)
+    reference_image  (B, 3, Hi, Wi)    uint8 RGB pixels as the data pipeline loads them (or None);
+    support_images   (B, T, 3, Hi, Wi) a consumer normalises them itself (``methods._images``)
     oracle_flow      (B, T, 2, Hi, Wi) ground-truth displacement (dx, dy) in image pixels: the
                                        reference pixel p is found at p + flow in the support frame
-    low_level        (B, C', H, W) / (B, T, C', H, W) optional cheaper features (LSTS non-keyframes)
+    support_values   (B, T, C', H, W)  what an alignment moves, when it is not ``supports`` (or None)
 
 Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"``:
 
-* ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C, H, W), aux)``. Brings each
-  support's features onto the reference grid (identity, flow warp, STSN deformable sampling, and in
-  later issues LSTS sampling, MatchTrans, non-local).
+* ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C', H, W), aux)``. Compares the
+  reference with each support and moves the support's values (``ctx.support_values``, or
+  ``ctx.supports`` when None, so C' = C) onto the reference grid. A part that cannot move other
+  values than the features it compares sets ``moves_values = False``.
 * ``fusion``: ``forward(reference (B, C, H, W), aligned (B, T, C, H, W), valid (B, T)) ->
   FusionOutput(features (B, C, H, W), weights (B, 1 + T, H, W) | None)``. The reference is its own
   support: weight index 0 belongs to it.
 * ``aggregator``: ``forward(ctx) -> AggregationOutput``. The thing the detector holds.
-  :class:`WindowAggregator` (registered as ``"aggregator:window"``) composes an alignment and a
-  fusion; methods that are not such a composition register their own aggregator:
+  :class:`WindowAggregator` (``"aggregator:window"``) composes an alignment and a fusion; a method
+  that is not such a composition registers its own ``"aggregator:<name>"``.
 
-  - stateful methods over a window (STMN's bidirectional memory over a clip of T frames) read the
-    supports in temporal order from ``ctx.offsets`` and keep their state inside ``forward``;
-  - stream methods (LSTS's keyframe memory, SRFU/DFA) set ``mode = "stream"`` and implement
-    :meth:`TemporalAggregator.init_state` / :meth:`TemporalAggregator.step`; the inference engine
-    then feeds frames one by one and calls ``step`` with the frame's low-level features and a
-    callback that computes the full backbone features only when the method decides a keyframe;
-  - two-stream methods (SSVD) return several named entries in ``AggregationOutput.streams``; the
-    detector builds one head per name in :attr:`TemporalAggregator.stream_names` and fuses the
-    streams' boxes by NMS at :attr:`TemporalAggregator.box_fusion_iou` (late fusion);
-  - proposal-level methods (SELSA-style attention, SparseVOD) need RoI features, which a dense head
-    does not have: they pass features through here unchanged (``"aggregator:window"`` with
-    ``identity``/no supports) and plug a :class:`ProposalAggregator` into a two-stage or sparse head.
+Parts register with :func:`register` when their module is imported. The registry imports the
+modules named by the ``vodbench.methods`` entry-point group (``pyproject.toml``: the builtin
+``methods`` package) the first time it is asked for a name, so another installed package registers
+its own parts by declaring the same group.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -68,8 +62,7 @@ class TemporalContext:
     support_images: Tensor | None = None
     oracle_flow: Tensor | None = None
     feature_stride: int = 8
-    low_level: Tensor | None = None
-    support_low_level: Tensor | None = None
+    support_values: Tensor | None = None
 
     @property
     def num_supports(self) -> int:
@@ -168,7 +161,9 @@ class Fusion(nn.Module):
 class TemporalAggregator(nn.Module):
     """What the detector holds between backbone and head."""
 
-    mode: ClassVar[str] = "window"  # "window" or "stream"
+    # "window": one forward(ctx) per batch of references (the only inference engine today). A stream
+    # method (frames fed one by one) would declare another mode together with its engine.
+    mode: ClassVar[str] = "window"
     stream_names: tuple[str, ...] = ("main",)
     box_fusion_iou: float = 0.5  # late fusion NMS IoU when there are several streams
     needs_images: bool = False
@@ -176,29 +171,6 @@ class TemporalAggregator(nn.Module):
 
     def forward(self, ctx: TemporalContext) -> AggregationOutput:  # pragma: no cover - interface
         raise NotImplementedError
-
-    # Stream methods only -------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError(f"{type(self).__name__} is not a stream method")
-
-    def step(
-        self,
-        low_level: Tensor,
-        compute_features: Callable[[], Tensor],
-        frame_index: Tensor,
-        state: Any,
-    ) -> tuple[AggregationOutput, Any]:  # pragma: no cover - interface
-        """One frame of a stream: ``low_level`` (B, C', H, W); ``compute_features()`` runs the rest
-        of the backbone and returns (B, C, H, W); ``frame_index`` (B,) int64."""
-        raise NotImplementedError(f"{type(self).__name__} is not a stream method")
-
-
-class ProposalAggregator(nn.Module):
-    """Proposal-level aggregation for two-stage/sparse heads (later issues).
-
-    ``forward(reference_rois (B, P, C, S, S) or (B, P, C), support_rois (B, T, P', C, ...),
-    valid (B, T)) -> (B, P, C...)``.
-    """
 
 
 class WindowAggregator(TemporalAggregator):
@@ -234,17 +206,34 @@ class WindowAggregator(TemporalAggregator):
 # ---------------------------------------------------------------------------------------------
 
 
+ENTRY_POINT_GROUP = "vodbench.methods"
+
+
+class PartInfo(NamedTuple):
+    """What :meth:`Registry.describe` says about one registered part."""
+
+    kind: str  # "alignment", "fusion" or "aggregator"
+    name: str
+    qualname: str  # "module.Class"
+    kwargs: dict[str, Any]  # constructor argument -> default (``inspect.Parameter.empty``: required)
+    summary: str  # first line of the class docstring ("" without one)
+
+
 class Registry:
     """Name -> class, with an error on duplicates and on unknown names (listing the known ones).
 
     The project's only registry. Keys are ``"<kind>:<name>"`` with kind in
-    ``alignment``/``fusion``/``aggregator``, so one mapping serves all three slots.
+    ``alignment``/``fusion``/``aggregator``, so one mapping serves all three slots. With
+    ``entry_point_group`` set, the modules that group names are imported once, on the first
+    :meth:`get`/:meth:`names`/:meth:`describe`, and register their parts as they import.
     """
 
     KINDS = ("alignment", "fusion", "aggregator")
 
-    def __init__(self) -> None:
+    def __init__(self, *, entry_point_group: str | None = None) -> None:
         self._entries: dict[str, type[nn.Module]] = {}
+        self.entry_point_group = entry_point_group
+        self._plugins_loaded = entry_point_group is None
 
     def register(self, kind: str, name: str) -> Callable[[type], type]:
         if kind not in self.KINDS:
@@ -255,35 +244,55 @@ class Registry:
             if key in self._entries and self._entries[key] is not cls:
                 raise KeyError(f"{key!r} is already registered to {self._entries[key].__qualname__}")
             self._entries[key] = cls
-            cls.registry_name = name
             return cls
 
         return decorator
 
+    def load_plugins(self) -> None:
+        """Import every module of the entry-point group (once); a module registers its parts on import."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # set first: a plugin's own import may already ask for names
+        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
+            try:
+                entry_point.load()
+            except Exception as error:
+                self._plugins_loaded = False
+                raise ImportError(
+                    f"entry point {entry_point.name!r} = {entry_point.value!r} of group "
+                    f"{self.entry_point_group!r} failed to import: {error}"
+                ) from error
+
     def get(self, kind: str, name: str) -> type[nn.Module]:
-        _load_methods()
+        self.load_plugins()
         key = f"{kind}:{name}"
         if key not in self._entries:
             raise KeyError(f"unknown {kind} {name!r}; registered {kind}s: {', '.join(self.names(kind))}")
         return self._entries[key]
 
     def names(self, kind: str) -> list[str]:
-        _load_methods()
+        self.load_plugins()
         prefix = f"{kind}:"
         return sorted(k[len(prefix) :] for k in self._entries if k.startswith(prefix))
 
+    def describe(self) -> list[PartInfo]:
+        """Every registered part, sorted by kind then name, with its constructor's arguments."""
+        self.load_plugins()
+        infos = []
+        for key, cls in self._entries.items():
+            kind, name = key.split(":", 1)
+            parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
+            kwargs = {
+                p.name: p.default for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            }
+            summary = inspect.cleandoc(cls.__doc__).splitlines()[0] if cls.__doc__ else ""
+            infos.append(PartInfo(kind, name, f"{cls.__module__}.{cls.__qualname__}", kwargs, summary))
+        return sorted(infos, key=lambda info: (self.KINDS.index(info.kind), info.name))
 
-REGISTRY = Registry()
+
+REGISTRY = Registry(entry_point_group=ENTRY_POINT_GROUP)
 register = REGISTRY.register
 register("aggregator", "window")(WindowAggregator)
-
-_METHOD_PACKAGES = ["methods"]
-
-
-def _load_methods() -> None:
-    """Import the method packages so they register themselves (the harness names no method)."""
-    for package in _METHOD_PACKAGES:
-        importlib.import_module(package)
 
 
 def build_aggregator(config: Any, channels: int) -> TemporalAggregator:
