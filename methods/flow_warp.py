@@ -28,9 +28,9 @@ from torch import Tensor
 
 from harness.aggregation import Alignment, AlignmentOutput, TemporalContext, register
 from methods._checks import check_channels
-from methods._ops import flow_warp
 from methods.farneback import FarnebackParams, farneback_flow
 from methods.flownet import FlowNetC
+from ops.flow_warp import flow_warp
 
 FlowSource = Literal["flownet", "farneback", "oracle"]
 

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
-from methods._ops import correlation, flow_warp
+from ops.correlation import correlation
+from ops.flow_warp import flow_warp
 
 # A batch of training pairs: reference (N, 3, S, S) uint8, support (N, 3, S, S) uint8,
 # ground-truth flow reference -> support (N, 2, S, S) float32 in image pixels.

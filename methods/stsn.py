@@ -26,8 +26,9 @@ A consequence worth knowing: while the offset convs are exactly zero, the layers
 receive no gradient (their output only feeds a zero-weight conv). The first optimiser step on the
 last offset conv unblocks them, as in any zero-initialised DCN offset branch.
 
-The reference's own ``g_{t,t}`` (the paper also resamples the reference through the block) is not
-produced: the harness's fusion receives the raw reference (see the report to the lead).
+The paper also resamples the reference through the block (``g_{t,t}``, with the reference as its
+own support); ``resample_reference=True`` (default) does so and the fusion then compares and
+averages sampled features only.
 
 Offsets follow torchvision's layout: ``2 * deformable_groups * kh * kw`` channels, ordered
 ``(group, tap row, tap column, (dy, dx))``, in pixels of the feature grid, relative to the tap's
@@ -41,25 +42,7 @@ from torch import Tensor, nn
 
 from harness.aggregation import Alignment, AlignmentOutput, TemporalContext, register
 from methods._checks import check_channels
-from methods._ops import deform_conv2d
-
-
-class DeformableConv(nn.Module):
-    """A 3x3 (``kernel_size``) deformable conv whose offsets are given: ``forward(x, offsets)``.
-
-    ``x`` (N, C_in, H, W), ``offsets`` (N, 2 * groups * k * k, H, W) -> (N, C_out, H, W) (stride 1,
-    'same' padding).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size)  # for PyTorch's default init
-        self.weight = nn.Parameter(conv.weight.detach().clone())
-        self.bias = nn.Parameter(conv.bias.detach().clone())
-
-    def forward(self, x: Tensor, offsets: Tensor) -> Tensor:
-        return deform_conv2d(x, offsets, self.weight, self.bias, padding=self.kernel_size // 2)
+from ops.deform_conv import DeformConv2d
 
 
 @register("alignment", "stsn")
@@ -120,10 +103,14 @@ class STSNAlignment(Alignment):
             nn.Conv2d(width, offset_channels, kernel_size=kernel_size, padding=kernel_size // 2)
             for width in offset_inputs
         )
+        # PyTorch's default conv init (DeformConv2d.reset_parameters), 'same' padding at stride 1.
         self.feature_convs = nn.ModuleList(
-            DeformableConv(width, hidden, kernel_size=kernel_size) for width in offset_inputs[:-1]
+            DeformConv2d(width, hidden, kernel_size, padding=kernel_size // 2, bias=True)
+            for width in offset_inputs[:-1]
         )
-        self.sampling_conv = DeformableConv(channels, channels, kernel_size=kernel_size)
+        self.sampling_conv = DeformConv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, bias=True
+        )
         self.activation = nn.ReLU(inplace=True)
         self.reset_parameters(identity_init=identity_init)
 

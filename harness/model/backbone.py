@@ -102,11 +102,6 @@ class ResNetBackbone(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    @property
-    def low_channels(self) -> int:
-        """Channels of :meth:`forward_low`'s output."""
-        return self.width
-
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (or 0..255 float) images ``(B, 3, S, S)`` -> float32 normalised."""
         if images.dim() != 4 or images.shape[1] != 3:

@@ -9,7 +9,6 @@ import torch
 
 from harness.aggregation import TemporalContext
 from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
-from methods._ops import _correlation_shifted_products, _flow_warp_grid_sample
 from methods.farneback import farneback_flow
 from methods.flow_warp import FlowWarpAlignment, flow_to_grid
 
@@ -102,19 +101,3 @@ def test_missing_inputs_raise_naming_the_field() -> None:
         FlowWarpAlignment(channels=2, flow_source="oracle", flownet_weights="x.pt")
     assert FlowWarpAlignment(channels=2, flow_source="oracle").needs_oracle_flow
     assert FlowWarpAlignment(channels=2, flow_source="farneback").needs_images
-
-
-def test_fallback_ops_hand_cases() -> None:
-    """The stand-ins used until ``ops`` provides the ops: a one-pixel shift and a 1-channel cost volume."""
-    features = torch.arange(16.0).view(1, 1, 4, 4)
-    flow = torch.zeros(1, 2, 4, 4)
-    flow[:, 0] = 1.0  # sample one pixel to the right
-    warped = _flow_warp_grid_sample(features, flow)
-    torch.testing.assert_close(warped[0, 0, :, :3], features[0, 0, :, 1:])
-    torch.testing.assert_close(warped[0, 0, :, 3], torch.zeros(4))  # outside -> 0
-    a = torch.ones(1, 1, 2, 2)
-    b = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
-    cost = _correlation_shifted_products(a, b, max_displacement=1)  # (1, 9, 2, 2), k = (dy+1)*3 + (dx+1)
-    torch.testing.assert_close(cost[0, 4], b[0, 0])  # zero displacement
-    torch.testing.assert_close(cost[0, 5], torch.tensor([[2.0, 0.0], [4.0, 0.0]]))  # dx = +1
-    torch.testing.assert_close(cost[0, 7], torch.tensor([[3.0, 4.0], [0.0, 0.0]]))  # dy = +1
