@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
+from methods._images import check_pixels, normalize_pixels
 from ops.correlation import correlation
 from ops.flow_warp import flow_warp
 
@@ -53,7 +53,7 @@ class FlowNetC(nn.Module):
         max_displacement: correlation radius d at 1/8 resolution: matches within +-8d image pixels
             are found directly; the 1/4 refinement adds a few pixels more.
 
-    Images: (N, 3, S, S) RGB uint8 (or ImageNet-normalised float), S a multiple of 8.
+    Images: (N, 3, S, S) RGB uint8, S a multiple of 8 (normalised here like the backbone's input).
     """
 
     output_stride = 4
@@ -84,8 +84,6 @@ class FlowNetC(nn.Module):
         displacements = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)  # (K, 2)
         self.register_buffer("displacements", displacements, persistent=False)
         self.matching_sharpness = nn.Parameter(torch.tensor(10.0))  # softmax inverse temperature
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1), persistent=False)
         for module in self.modules():  # MSRA init as FlowNet (PyTorch's default shrinks activations)
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
@@ -103,6 +101,8 @@ class FlowNetC(nn.Module):
                 f"support_images {tuple(support_images.shape)} must match reference_images "
                 f"{tuple(reference_images.shape)}"
             )
+        check_pixels(reference_images, name="reference_images")
+        check_pixels(support_images, name="support_images")
         if reference_images.shape[-1] % 8 or reference_images.shape[-2] % 8:
             raise ValueError(f"image size must be a multiple of 8, got {tuple(reference_images.shape[-2:])}")
 
@@ -111,7 +111,7 @@ class FlowNetC(nn.Module):
         self._check(reference_images, support_images)
         n = reference_images.shape[0]
         images = torch.cat([reference_images, support_images], dim=0)  # (2N, 3, S, S)
-        images = (to_pixels(images) - self.pixel_mean) / self.pixel_std
+        images = normalize_pixels(images)  # (2N, 3, S, S) uint8 -> float32, normalised like the backbone
         quarter = self.encoder_quarter(self.encoder_half(images))  # (2N, 2w, S/4, S/4)
         eighth = self.encoder_eighth(quarter)  # (2N, 4w, S/8, S/8)
         quarter_ref, quarter_sup = quarter[:n], quarter[n:]

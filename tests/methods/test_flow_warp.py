@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.aggregation import TemporalContext
-from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
+from methods._images import check_pixels, normalize_pixels
 from methods.farneback import farneback_flow
 from methods.flow_warp import FlowWarpAlignment, flow_to_grid
 
@@ -69,19 +69,6 @@ def test_farneback_recovers_a_translation_within_half_a_pixel(shift: tuple[float
     flow = farneback_flow(as_rgb(reference), as_rgb(support))  # (1, 2, 64, 64)
     interior = flow[0, :, 12:-12, 12:-12]
     assert (interior[0] - dx).abs().max() < 0.5 and (interior[1] - dy).abs().max() < 0.5
-    # Normalised float images (what the detector may pass) give the same flow.
-    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
-    normalised = [(as_rgb(image).float() - mean) / std for image in (reference, support)]
-    torch.testing.assert_close(farneback_flow(*normalised), flow)
-
-
-def test_image_normalisation_matches_the_backbone() -> None:
-    """``to_pixels`` inverts the backbone's normalisation (what the detector puts in the context)."""
-    backbone_module = pytest.importorskip("harness.model.backbone")
-    images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
-    backbone = backbone_module.ResNetBackbone(width=8, depth=(1, 1), out_channels=8)
-    torch.testing.assert_close(to_pixels(backbone.normalize(images)), images.float(), rtol=0, atol=1e-3)
 
 
 def test_missing_inputs_raise_naming_the_field() -> None:
@@ -101,3 +88,16 @@ def test_missing_inputs_raise_naming_the_field() -> None:
         FlowWarpAlignment(channels=2, flow_source="oracle", flownet_weights="x.pt")
     assert FlowWarpAlignment(channels=2, flow_source="oracle").needs_oracle_flow
     assert FlowWarpAlignment(channels=2, flow_source="farneback").needs_images
+
+
+def test_pixels_are_normalised_with_the_backbone_constants_and_must_be_uint8() -> None:
+    """Hand-computed: channel values 0, 128, 255 -> (x - mean) / std with ImageNet's 0..255 constants."""
+    images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    expected = torch.tensor([(0 - 123.675) / 58.395, (128 - 116.28) / 57.12, (255 - 103.53) / 57.375])
+    torch.testing.assert_close(normalize_pixels(images), expected.view(1, 3, 1, 1).expand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="support_images must be uint8"):
+        check_pixels(images.float(), name="support_images")
+    with pytest.raises(ValueError, match="RGB"):
+        check_pixels(images[:, :2])
+    with pytest.raises(ValueError, match="uint8"):
+        farneback_flow(images.float(), images.float())

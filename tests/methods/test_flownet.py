@@ -41,6 +41,8 @@ def test_output_shape_and_bad_input() -> None:
         net(images[..., :30], images[..., :30])
     with pytest.raises(ValueError, match="support_images"):
         net(images, images[:2])
+    with pytest.raises(ValueError, match="reference_images must be uint8"):
+        net(images.float(), images)
 
 
 def test_training_on_translations_beats_zero_flow_on_held_out_pairs() -> None:
