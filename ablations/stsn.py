@@ -196,7 +196,7 @@ def _pretrain_flow(config: RunConfig, out: Path) -> RunConfig:
         import torch
 
         from harness.data.dataset import load_split
-        from methods.flownet import pretrain_flownet
+        from harness.flow_pretraining import pretrain_flownet
 
         quick = config.data.synth_preset != "default"
         result = pretrain_flownet(

@@ -8,7 +8,7 @@ Flow sources (``flow_source``), the knob of the "where does the flow come from" 
 
 * ``"flownet"``: :class:`methods.flownet.FlowNetC`, trained end to end with the detector (the
   detection loss reaches it through the differentiable warp); optionally initialised from
-  ``flownet_weights`` (a state dict saved from :func:`methods.flownet.pretrain_flownet`).
+  ``flownet_weights`` (a state dict saved from :func:`harness.flow_pretraining.pretrain_flownet`).
   This is FGFA ("uses a FlowNet, uses flow data" when pretrained).
 * ``"farneback"``: OpenCV's classical flow (no learning, no gradient; CPU).
 * ``"oracle"``: SynthVID's ground-truth flow (``ctx.oracle_flow``): the upper bound of alignment by
