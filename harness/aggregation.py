@@ -68,6 +68,11 @@ class TemporalContext:
     def num_supports(self) -> int:
         return int(self.supports.shape[1])
 
+    @property
+    def values(self) -> Tensor:
+        """What an alignment moves: ``support_values`` (B, T, C', H, W), or ``supports`` when None."""
+        return self.supports if self.support_values is None else self.support_values
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field whose shape disagrees with ``reference``."""
         if self.reference.dim() != 4:
@@ -98,11 +103,20 @@ class TemporalContext:
             raise ValueError(
                 f"oracle_flow must be (B={b}, T={t}, 2, Hi, Wi), got {tuple(self.oracle_flow.shape)}"
             )
+        if self.support_values is not None and (
+            self.support_values.dim() != 5
+            or tuple(self.support_values.shape[:2]) != (b, t)
+            or tuple(self.support_values.shape[-2:]) != (h, w)
+        ):
+            raise ValueError(
+                f"support_values must be (B={b}, T={t}, C', H={h}, W={w}), "
+                f"got {tuple(self.support_values.shape)}"
+            )
 
 
 @dataclass
 class AlignmentOutput:
-    features: Tensor  # (B, T, C, H, W) supports on the reference grid
+    features: Tensor  # (B, T, C', H, W) the moved values (ctx.values) on the reference grid
     aux: dict[str, Tensor] = field(default_factory=dict)  # e.g. "sampling_offsets", "flow"
     # (B, C, H, W): the reference passed through the same alignment (STSN's g_{t,t}); the fusion then
     # uses it in place of the raw reference. None = the reference is used unchanged.
@@ -134,14 +148,32 @@ class AggregationOutput:
 
 
 class Alignment(nn.Module):
-    """Brings support features onto the reference grid: ``forward(ctx) -> AlignmentOutput``."""
+    """Brings support values onto the reference grid: ``forward(ctx) -> AlignmentOutput``.
+
+    The part compares ``ctx.reference`` with ``ctx.supports`` (or their images, or reads the oracle
+    flow) and applies the resulting spatial transform to ``ctx.values``, channel by channel: the
+    supports themselves, or ``ctx.support_values`` (B, T, C', H, W) when given (a memory that other
+    features are matched for). A part whose transform is tied to the features it compares (STSN's
+    C -> C deformable convolution) keeps ``moves_values = False`` and rejects support values through
+    :meth:`values_to_move`.
+    """
 
     needs_images: ClassVar[bool] = False  # the detector must fill ctx.*_image
     needs_oracle_flow: ClassVar[bool] = False  # the data pipeline must load ground-truth flow
+    moves_values: ClassVar[bool] = False  # can move ctx.support_values other than the supports
 
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
+
+    def values_to_move(self, ctx: TemporalContext) -> Tensor:
+        """``ctx.values`` (B, T, C', H, W); ``ValueError`` naming this part when it cannot move them."""
+        if ctx.support_values is not None and not self.moves_values:
+            raise ValueError(
+                f"{type(self).__name__} cannot move ctx.support_values (moves_values=False): its "
+                "transform only applies to the supports it compares; pass support_values=None"
+            )
+        return ctx.values
 
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -174,7 +206,14 @@ class TemporalAggregator(nn.Module):
 
 
 class WindowAggregator(TemporalAggregator):
-    """Alignment followed by fusion over a window of support frames."""
+    """Alignment followed by fusion over a window of support frames.
+
+    The fusion sees the moved values and, as reference, the alignment's aligned reference when it
+    returns one (STSN's g_{t,t}), else ``ctx.reference``. With ``ctx.support_values`` given the
+    fusion always sees ``ctx.reference``: an aligned reference is a resampled *compared* feature,
+    while the supports it would be fused with are moved *values*; the values must then have the
+    reference's C channels.
+    """
 
     def __init__(self, alignment: Alignment, fusion: Fusion):
         super().__init__()
@@ -188,12 +227,13 @@ class WindowAggregator(TemporalAggregator):
         if ctx.num_supports == 0:
             return AggregationOutput({"main": ctx.reference}, {})
         aligned = self.alignment(ctx)
-        if aligned.features.shape != ctx.supports.shape:
+        if aligned.features.shape != ctx.values.shape:
             raise RuntimeError(
                 f"alignment {type(self.alignment).__name__} returned {tuple(aligned.features.shape)}, "
-                f"expected {tuple(ctx.supports.shape)}"
+                f"expected {tuple(ctx.values.shape)}"
             )
-        reference = ctx.reference if aligned.reference is None else aligned.reference
+        use_aligned_reference = aligned.reference is not None and ctx.support_values is None
+        reference = aligned.reference if use_aligned_reference else ctx.reference
         fused = self.fusion(reference, aligned.features, ctx.valid)
         aux = dict(aligned.aux)
         if fused.weights is not None:

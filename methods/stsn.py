@@ -60,12 +60,17 @@ class STSNAlignment(Alignment):
             (the paper's g_{t,t}), returned as ``AlignmentOutput.reference`` so that the fusion compares
             and averages sampled features only; False fuses the raw reference.
 
+    Cannot move ``ctx.support_values`` (``moves_values = False``): the final sampling conv has C -> C
+    weights learnt on the compared features.
+
     ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C, H, W), aux={"sampling_offsets": (B, T,
     2 * deformable_groups * k * k, H, W), "sampling_tap_weight": (B, T, k * k, H, W)})``: the
     resampled supports, the offsets of the last deformable conv (the sampling locations of the
     paper's Fig. 4) and each of its taps' share of that conv's weight norm (how much a sampled
     location can matter; the same at every pixel: an expanded view, detached).
     """
+
+    moves_values = False
 
     def __init__(
         self,
@@ -143,6 +148,7 @@ class STSNAlignment(Alignment):
 
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:
         ctx.validate()
+        self.values_to_move(ctx)  # the last deformable conv maps the C compared channels: no other values
         check_channels("supports", ctx.supports, self.channels, dim=2)
         b, t, c, h, w = ctx.supports.shape
         if t == 0:

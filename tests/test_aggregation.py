@@ -236,3 +236,26 @@ def test_methods_command_prints_every_registered_part(capsys):
     for info in REGISTRY.describe():
         assert f"{info.kind}:{info.name}" in printed and info.qualname in printed
     assert "num_layers=4" in printed
+
+
+def test_window_aggregator_fuses_the_moved_values_with_the_raw_reference():
+    ctx = _ctx(t=2)
+    ctx.support_values = 3.0 * ctx.supports
+    aggregator = build_aggregator(AggregationConfig(alignment="identity", fusion="average"), channels=4)
+    expected = (ctx.reference + 3.0 * ctx.supports.sum(dim=1)) / 3
+    torch.testing.assert_close(aggregator(ctx).features, expected)
+
+    class ZeroReference(torch.nn.Module):  # returns an aligned reference, which values make unused
+        needs_images = needs_oracle_flow = False
+
+        def forward(self, ctx):
+            return AlignmentOutput(ctx.values, reference=torch.zeros_like(ctx.reference))
+
+    out = WindowAggregator(ZeroReference(), REGISTRY.get("fusion", "average")(channels=4))(ctx)
+    torch.testing.assert_close(out.features, expected)
+    ctx.support_values = torch.randn(2, 2, 5, 5, 6)  # C' = 5: the fusion cannot fuse it with C = 4
+    with pytest.raises(ValueError, match="aligned"):
+        aggregator(ctx)
+    ctx.support_values = torch.randn(2, 2, 4, 5, 5)
+    with pytest.raises(ValueError, match="support_values"):
+        ctx.validate()
