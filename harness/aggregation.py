@@ -12,7 +12,7 @@ Hi/Wi = image size, stride = Hi / H):
     offsets          (B, T) int64      support frame index minus reference frame index
     valid            (B, T) bool       False for padded slots (ragged batches)
     reference_image  (B, 3, Hi, Wi)    uint8 RGB pixels as the data pipeline loads them (or None);
-    support_images   (B, T, 3, Hi, Wi) a consumer normalises them itself (``methods._images``)
+    support_images   (B, T, 3, Hi, Wi) each consumer normalises them itself
     oracle_flow      (B, T, 2, Hi, Wi) ground-truth displacement (dx, dy) in image pixels: the
                                        reference pixel p is found at p + flow in the support frame
     support_values   (B, T, C', H, W)  what an alignment moves, when it is not ``supports`` (or None)
@@ -21,8 +21,8 @@ Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"
 
 * ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C', H, W), aux)``. Compares the
   reference with each support and moves the support's values (``ctx.support_values``, or
-  ``ctx.supports`` when None, so C' = C) onto the reference grid. A part that cannot move other
-  values than the features it compares sets ``moves_values = False``.
+  ``ctx.supports`` when None, so C' = C) onto the reference grid. Only a part that declares
+  ``moves_values = True`` accepts other values than the features it compares.
 * ``fusion``: ``forward(reference (B, C, H, W), aligned (B, T, C, H, W), valid (B, T)) ->
   FusionOutput(features (B, C, H, W), weights (B, 1 + T, H, W) | None)``. The reference is its own
   support: weight index 0 belongs to it.
@@ -154,8 +154,8 @@ class Alignment(nn.Module):
     flow) and applies the resulting spatial transform to ``ctx.values``, channel by channel: the
     supports themselves, or ``ctx.support_values`` (B, T, C', H, W) when given (a memory that other
     features are matched for). A part whose transform is tied to the features it compares (STSN's
-    C -> C deformable convolution) keeps ``moves_values = False`` and rejects support values through
-    :meth:`values_to_move`.
+    C -> C deformable convolution) keeps ``moves_values = False``: :meth:`values_to_move` then rejects
+    support values.
     """
 
     needs_images: ClassVar[bool] = False  # the detector must fill ctx.*_image
