@@ -11,44 +11,38 @@ Hi/Wi = image size, stride = Hi / H):
     supports         (B, T, C, H, W)   backbone features of the support frames (T may be 0)
     offsets          (B, T) int64      support frame index minus reference frame index
     valid            (B, T) bool       False for padded slots (ragged batches)
-    reference_image  (B, 3, Hi, Wi)    normalised images, for flow networks (or None)
-    support_images   (B, T, 3, Hi, Wi)
+    reference_image  (B, 3, Hi, Wi)    uint8 RGB pixels as the data pipeline loads them (or None);
+    support_images   (B, T, 3, Hi, Wi) each consumer normalises them itself
     oracle_flow      (B, T, 2, Hi, Wi) ground-truth displacement (dx, dy) in image pixels: the
                                        reference pixel p is found at p + flow in the support frame
-    low_level        (B, C', H, W) / (B, T, C', H, W) optional cheaper features (LSTS non-keyframes)
+    support_values   (B, T, C', H, W)  what an alignment moves, when it is not ``supports`` (or None)
 
 Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"``:
 
-* ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C, H, W), aux)``. Brings each
-  support's features onto the reference grid (identity, flow warp, STSN deformable sampling, and in
-  later issues LSTS sampling, MatchTrans, non-local).
+* ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C', H, W), aux)``. Compares the
+  reference with each support and moves the support's values (``ctx.support_values``, or
+  ``ctx.supports`` when None, so C' = C) onto the reference grid. Only a part that declares
+  ``moves_values = True`` accepts other values than the features it compares.
 * ``fusion``: ``forward(reference (B, C, H, W), aligned (B, T, C, H, W), valid (B, T)) ->
   FusionOutput(features (B, C, H, W), weights (B, 1 + T, H, W) | None)``. The reference is its own
   support: weight index 0 belongs to it.
 * ``aggregator``: ``forward(ctx) -> AggregationOutput``. The thing the detector holds.
-  :class:`WindowAggregator` (registered as ``"aggregator:window"``) composes an alignment and a
-  fusion; methods that are not such a composition register their own aggregator:
+  :class:`WindowAggregator` (``"aggregator:window"``) composes an alignment and a fusion; a method
+  that is not such a composition registers its own ``"aggregator:<name>"``.
 
-  - stateful methods over a window (STMN's bidirectional memory over a clip of T frames) read the
-    supports in temporal order from ``ctx.offsets`` and keep their state inside ``forward``;
-  - stream methods (LSTS's keyframe memory, SRFU/DFA) set ``mode = "stream"`` and implement
-    :meth:`TemporalAggregator.init_state` / :meth:`TemporalAggregator.step`; the inference engine
-    then feeds frames one by one and calls ``step`` with the frame's low-level features and a
-    callback that computes the full backbone features only when the method decides a keyframe;
-  - two-stream methods (SSVD) return several named entries in ``AggregationOutput.streams``; the
-    detector builds one head per name in :attr:`TemporalAggregator.stream_names` and fuses the
-    streams' boxes by NMS at :attr:`TemporalAggregator.box_fusion_iou` (late fusion);
-  - proposal-level methods (SELSA-style attention, SparseVOD) need RoI features, which a dense head
-    does not have: they pass features through here unchanged (``"aggregator:window"`` with
-    ``identity``/no supports) and plug a :class:`ProposalAggregator` into a two-stage or sparse head.
+Parts register with :func:`register` when their module is imported. The registry imports the
+modules named by the ``vodbench.methods`` entry-point group (``pyproject.toml``: the builtin
+``methods`` package) the first time it is asked for a name, so another installed package registers
+its own parts by declaring the same group.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -68,12 +62,16 @@ class TemporalContext:
     support_images: Tensor | None = None
     oracle_flow: Tensor | None = None
     feature_stride: int = 8
-    low_level: Tensor | None = None
-    support_low_level: Tensor | None = None
+    support_values: Tensor | None = None
 
     @property
     def num_supports(self) -> int:
         return int(self.supports.shape[1])
+
+    @property
+    def values(self) -> Tensor:
+        """What an alignment moves: ``support_values`` (B, T, C', H, W), or ``supports`` when None."""
+        return self.supports if self.support_values is None else self.support_values
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field whose shape disagrees with ``reference``."""
@@ -105,11 +103,20 @@ class TemporalContext:
             raise ValueError(
                 f"oracle_flow must be (B={b}, T={t}, 2, Hi, Wi), got {tuple(self.oracle_flow.shape)}"
             )
+        if self.support_values is not None and (
+            self.support_values.dim() != 5
+            or tuple(self.support_values.shape[:2]) != (b, t)
+            or tuple(self.support_values.shape[-2:]) != (h, w)
+        ):
+            raise ValueError(
+                f"support_values must be (B={b}, T={t}, C', H={h}, W={w}), "
+                f"got {tuple(self.support_values.shape)}"
+            )
 
 
 @dataclass
 class AlignmentOutput:
-    features: Tensor  # (B, T, C, H, W) supports on the reference grid
+    features: Tensor  # (B, T, C', H, W) the moved values (ctx.values) on the reference grid
     aux: dict[str, Tensor] = field(default_factory=dict)  # e.g. "sampling_offsets", "flow"
     # (B, C, H, W): the reference passed through the same alignment (STSN's g_{t,t}); the fusion then
     # uses it in place of the raw reference. None = the reference is used unchanged.
@@ -141,14 +148,32 @@ class AggregationOutput:
 
 
 class Alignment(nn.Module):
-    """Brings support features onto the reference grid: ``forward(ctx) -> AlignmentOutput``."""
+    """Brings support values onto the reference grid: ``forward(ctx) -> AlignmentOutput``.
+
+    The part compares ``ctx.reference`` with ``ctx.supports`` (or their images, or reads the oracle
+    flow) and applies the resulting spatial transform to ``ctx.values``, channel by channel: the
+    supports themselves, or ``ctx.support_values`` (B, T, C', H, W) when given (a memory that other
+    features are matched for). A part whose transform is tied to the features it compares (STSN's
+    C -> C deformable convolution) keeps ``moves_values = False``: :meth:`values_to_move` then rejects
+    support values.
+    """
 
     needs_images: ClassVar[bool] = False  # the detector must fill ctx.*_image
     needs_oracle_flow: ClassVar[bool] = False  # the data pipeline must load ground-truth flow
+    moves_values: ClassVar[bool] = False  # can move ctx.support_values other than the supports
 
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
+
+    def values_to_move(self, ctx: TemporalContext) -> Tensor:
+        """``ctx.values`` (B, T, C', H, W); ``ValueError`` naming this part when it cannot move them."""
+        if ctx.support_values is not None and not self.moves_values:
+            raise ValueError(
+                f"{type(self).__name__} cannot move ctx.support_values (moves_values=False): its "
+                "transform only applies to the supports it compares; pass support_values=None"
+            )
+        return ctx.values
 
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -168,7 +193,9 @@ class Fusion(nn.Module):
 class TemporalAggregator(nn.Module):
     """What the detector holds between backbone and head."""
 
-    mode: ClassVar[str] = "window"  # "window" or "stream"
+    # "window": one forward(ctx) per batch of references (the only inference engine today). A stream
+    # method (frames fed one by one) would declare another mode together with its engine.
+    mode: ClassVar[str] = "window"
     stream_names: tuple[str, ...] = ("main",)
     box_fusion_iou: float = 0.5  # late fusion NMS IoU when there are several streams
     needs_images: bool = False
@@ -177,32 +204,16 @@ class TemporalAggregator(nn.Module):
     def forward(self, ctx: TemporalContext) -> AggregationOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
-    # Stream methods only -------------------------------------------------------------------
-    def init_state(self, batch_size: int) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError(f"{type(self).__name__} is not a stream method")
-
-    def step(
-        self,
-        low_level: Tensor,
-        compute_features: Callable[[], Tensor],
-        frame_index: Tensor,
-        state: Any,
-    ) -> tuple[AggregationOutput, Any]:  # pragma: no cover - interface
-        """One frame of a stream: ``low_level`` (B, C', H, W); ``compute_features()`` runs the rest
-        of the backbone and returns (B, C, H, W); ``frame_index`` (B,) int64."""
-        raise NotImplementedError(f"{type(self).__name__} is not a stream method")
-
-
-class ProposalAggregator(nn.Module):
-    """Proposal-level aggregation for two-stage/sparse heads (later issues).
-
-    ``forward(reference_rois (B, P, C, S, S) or (B, P, C), support_rois (B, T, P', C, ...),
-    valid (B, T)) -> (B, P, C...)``.
-    """
-
 
 class WindowAggregator(TemporalAggregator):
-    """Alignment followed by fusion over a window of support frames."""
+    """Alignment followed by fusion over a window of support frames.
+
+    The fusion sees the moved values and, as reference, the alignment's aligned reference when it
+    returns one (STSN's g_{t,t}), else ``ctx.reference``. With ``ctx.support_values`` given the
+    fusion always sees ``ctx.reference``: an aligned reference is a resampled *compared* feature,
+    while the supports it would be fused with are moved *values*; the values must then have the
+    reference's C channels.
+    """
 
     def __init__(self, alignment: Alignment, fusion: Fusion):
         super().__init__()
@@ -216,12 +227,13 @@ class WindowAggregator(TemporalAggregator):
         if ctx.num_supports == 0:
             return AggregationOutput({"main": ctx.reference}, {})
         aligned = self.alignment(ctx)
-        if aligned.features.shape != ctx.supports.shape:
+        if aligned.features.shape != ctx.values.shape:
             raise RuntimeError(
                 f"alignment {type(self.alignment).__name__} returned {tuple(aligned.features.shape)}, "
-                f"expected {tuple(ctx.supports.shape)}"
+                f"expected {tuple(ctx.values.shape)}"
             )
-        reference = ctx.reference if aligned.reference is None else aligned.reference
+        use_aligned_reference = aligned.reference is not None and ctx.support_values is None
+        reference = aligned.reference if use_aligned_reference else ctx.reference
         fused = self.fusion(reference, aligned.features, ctx.valid)
         aux = dict(aligned.aux)
         if fused.weights is not None:
@@ -234,17 +246,34 @@ class WindowAggregator(TemporalAggregator):
 # ---------------------------------------------------------------------------------------------
 
 
+ENTRY_POINT_GROUP = "vodbench.methods"
+
+
+class PartInfo(NamedTuple):
+    """What :meth:`Registry.describe` says about one registered part."""
+
+    kind: str  # "alignment", "fusion" or "aggregator"
+    name: str
+    qualname: str  # "module.Class"
+    kwargs: dict[str, Any]  # constructor argument -> default (``inspect.Parameter.empty``: required)
+    summary: str  # first line of the class docstring ("" without one)
+
+
 class Registry:
     """Name -> class, with an error on duplicates and on unknown names (listing the known ones).
 
     The project's only registry. Keys are ``"<kind>:<name>"`` with kind in
-    ``alignment``/``fusion``/``aggregator``, so one mapping serves all three slots.
+    ``alignment``/``fusion``/``aggregator``, so one mapping serves all three slots. With
+    ``entry_point_group`` set, the modules that group names are imported once, on the first
+    :meth:`get`/:meth:`names`/:meth:`describe`, and register their parts as they import.
     """
 
     KINDS = ("alignment", "fusion", "aggregator")
 
-    def __init__(self) -> None:
+    def __init__(self, *, entry_point_group: str | None = None) -> None:
         self._entries: dict[str, type[nn.Module]] = {}
+        self.entry_point_group = entry_point_group
+        self._plugins_loaded = entry_point_group is None
 
     def register(self, kind: str, name: str) -> Callable[[type], type]:
         if kind not in self.KINDS:
@@ -255,35 +284,55 @@ class Registry:
             if key in self._entries and self._entries[key] is not cls:
                 raise KeyError(f"{key!r} is already registered to {self._entries[key].__qualname__}")
             self._entries[key] = cls
-            cls.registry_name = name
             return cls
 
         return decorator
 
+    def load_plugins(self) -> None:
+        """Import every module of the entry-point group (once); a module registers its parts on import."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # set first: a plugin's own import may already ask for names
+        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
+            try:
+                entry_point.load()
+            except Exception as error:
+                self._plugins_loaded = False
+                raise ImportError(
+                    f"entry point {entry_point.name!r} = {entry_point.value!r} of group "
+                    f"{self.entry_point_group!r} failed to import: {error}"
+                ) from error
+
     def get(self, kind: str, name: str) -> type[nn.Module]:
-        _load_methods()
+        self.load_plugins()
         key = f"{kind}:{name}"
         if key not in self._entries:
             raise KeyError(f"unknown {kind} {name!r}; registered {kind}s: {', '.join(self.names(kind))}")
         return self._entries[key]
 
     def names(self, kind: str) -> list[str]:
-        _load_methods()
+        self.load_plugins()
         prefix = f"{kind}:"
         return sorted(k[len(prefix) :] for k in self._entries if k.startswith(prefix))
 
+    def describe(self) -> list[PartInfo]:
+        """Every registered part, sorted by kind then name, with its constructor's arguments."""
+        self.load_plugins()
+        infos = []
+        for key, cls in self._entries.items():
+            kind, name = key.split(":", 1)
+            parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
+            kwargs = {
+                p.name: p.default for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            }
+            summary = inspect.cleandoc(cls.__doc__).splitlines()[0] if cls.__doc__ else ""
+            infos.append(PartInfo(kind, name, f"{cls.__module__}.{cls.__qualname__}", kwargs, summary))
+        return sorted(infos, key=lambda info: (self.KINDS.index(info.kind), info.name))
 
-REGISTRY = Registry()
+
+REGISTRY = Registry(entry_point_group=ENTRY_POINT_GROUP)
 register = REGISTRY.register
 register("aggregator", "window")(WindowAggregator)
-
-_METHOD_PACKAGES = ["methods"]
-
-
-def _load_methods() -> None:
-    """Import the method packages so they register themselves (the harness names no method)."""
-    for package in _METHOD_PACKAGES:
-        importlib.import_module(package)
 
 
 def build_aggregator(config: Any, channels: int) -> TemporalAggregator:

@@ -1,4 +1,4 @@
-"""The ``vodbench`` command: generate, train, eval, ablate, report.
+"""The ``vodbench`` command: generate, train, eval, ablate, report, methods.
 
 Thin by design: each subcommand parses its arguments and calls one library function.
 """
@@ -102,6 +102,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    import inspect
+
+    from tabulate import tabulate
+
+    from harness.aggregation import REGISTRY
+
+    def signature(kwargs: dict[str, object]) -> str:
+        return ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in kwargs.items())
+
+    rows = [(f"{i.kind}:{i.name}", i.qualname, signature(i.kwargs), i.summary) for i in REGISTRY.describe()]
+    print(tabulate(rows, headers=["part", "class", "arguments", "description"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vodbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("papers", nargs="*")
     report.add_argument("--out", default="results")
     report.set_defaults(func=_report)
+
+    methods = sub.add_parser("methods", help="list the registered method parts and their arguments")
+    methods.set_defaults(func=_methods)
     return parser
 
 

@@ -12,10 +12,8 @@ References of up to ``batch_videos`` videos are processed together: one backbone
 iteration on all frames the batch newly needs, one aggregator call and one head call on the
 batch of references. A finished video's slot is refilled with the next video.
 
-Window aggregators (``aggregator.mode == "window"``) go through :func:`predict_window_videos`.
-Stream aggregators (LSTS keyframe memory) need frames fed one by one through
-``aggregator.step``; their engine is a separate function, :func:`predict_stream_videos`, to be
-written with the LSTS issue.
+Window aggregators (``aggregator.mode == "window"``, the only mode today) go through
+:func:`predict_window_videos`.
 """
 
 from __future__ import annotations
@@ -235,14 +233,6 @@ def predict_window_videos(
     return detections
 
 
-def predict_stream_videos(detector: Any, videos: list[VideoRecord], **kwargs: Any) -> Detections:
-    """Frame-by-frame inference for stream aggregators (``init_state``/``step``): the LSTS issue."""
-    raise NotImplementedError(
-        f"{type(detector.aggregator).__name__} is a stream-mode aggregator; its inference engine "
-        "(frames fed one by one through aggregator.step with keyframe callbacks) is part of the LSTS issue"
-    )
-
-
 def predict_split(
     detector: Any,
     videos: list[VideoRecord],
@@ -275,8 +265,12 @@ def predict_split(
     load_frame = build_frame_loader(cache, image_size)
     bar = tqdm(total=sum(len(v) for v in videos), desc="inference", unit="frame", disable=not progress)
     try:
-        if detector.aggregator.mode == "stream":
-            return predict_stream_videos(detector, videos, support=support, image_size=image_size)
+        if detector.aggregator.mode != "window":
+            raise NotImplementedError(
+                f"{type(detector.aggregator).__name__} has mode={detector.aggregator.mode!r}; only window "
+                "aggregators have an inference engine (a stream engine comes with the first stream method, "
+                "LSTS)"
+            )
         oracle_flow_fn = None
         if detector.aggregator.needs_oracle_flow:
             from harness.data.dataset import oracle_flow_for

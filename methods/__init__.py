@@ -1,5 +1,13 @@
-"""Temporal-aggregation methods. Importing this package registers every method part in
-``harness.aggregation.REGISTRY``; each module holds one concept (an alignment, a fusion or an
-aggregator)."""
+"""The builtin temporal-aggregation methods, one concept per module (an alignment, a fusion, an
+aggregator or a helper of theirs).
 
-from methods import average, cosine_softmax, flow_warp, identity, stsn  # noqa: F401  (registration)
+Importing this package imports every module in it, so a new method file registers its parts in
+``harness.aggregation.REGISTRY`` without a second edit. The registry imports the package through the
+``vodbench.methods`` entry point declared in ``pyproject.toml``.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,10 +1,8 @@
-"""Image tensors as the flow sources want them: RGB pixel values in 0..255.
+"""Images as the method parts receive them: uint8 RGB ``(..., 3, H, W)``, the data pipeline's format.
 
-The detector may hand images to a method as uint8 pixels (the data pipeline's format) or, as the
-``TemporalContext`` docstring says, "normalised": float ``(x - mean) / std`` with ImageNet's mean
-and std on the 0..255 scale (what ``harness.model.backbone`` applies; a test checks the constants
-stay in sync). Both are accepted and mapped back to pixels, so the flow net and OpenCV always see
-the same thing whatever the detector passes.
+``TemporalContext.reference_image`` / ``support_images`` carry the pixels unchanged; each consumer
+converts them once, for its own needs: the flow net normalises them like the backbone
+(:func:`normalize_pixels`), OpenCV's Farneback takes them as they are (``methods.farneback``).
 """
 
 from __future__ import annotations
@@ -12,18 +10,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+from harness.model.backbone import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 
-def to_pixels(images: Tensor, *, name: str = "images") -> Tensor:
-    """(..., 3, H, W) uint8 pixels or ImageNet-normalised floats -> float32 pixels in 0..255."""
+def check_pixels(images: Tensor, *, name: str = "images") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``images`` is uint8 ``(..., 3, H, W)``."""
     if images.dim() < 3 or images.shape[-3] != 3:
         raise ValueError(f"{name} must be (..., 3, H, W) RGB, got {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images.float()
-    if not images.is_floating_point():
-        raise ValueError(f"{name} must be uint8 pixels or normalised floats, got dtype {images.dtype}")
-    mean = images.new_tensor(IMAGENET_MEAN_255).view(3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD_255).view(3, 1, 1)
-    return images.float() * std.float() + mean.float()
+    if images.dtype != torch.uint8:
+        raise ValueError(f"{name} must be uint8 pixels (the data pipeline's), got dtype {images.dtype}")
+
+
+def normalize_pixels(images: Tensor, *, name: str = "images") -> Tensor:
+    """uint8 ``(..., 3, H, W)`` -> float32 ``(x - mean) / std`` with the backbone's ImageNet constants."""
+    check_pixels(images, name=name)
+    mean = torch.tensor(IMAGENET_MEAN_255, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255, device=images.device).view(3, 1, 1)
+    return (images.float() - mean) / std

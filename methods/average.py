@@ -15,9 +15,10 @@ from methods._checks import check_channels, check_fusion_inputs
 
 @register("fusion", "average")
 class AverageFusion(Fusion):
-    """``forward(reference (B, C, H, W), aligned (B, T, C, H, W), valid (B, T))``.
+    """Mean of the reference and its valid supports, the same weight at every position.
 
-    Returns ``FusionOutput(features (B, C, H, W), weights (B, 1 + T, H, W))`` with weight
+    ``forward(reference (B, C, H, W), aligned (B, T, C, H, W), valid (B, T))`` returns
+    ``FusionOutput(features (B, C, H, W), weights (B, 1 + T, H, W))`` with weight
     ``1 / (1 + number of valid supports)`` for the reference and each valid support, exactly 0 for
     invalid ones (whose features are never read, so NaN padding cannot leak in).
     """

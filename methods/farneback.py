@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from methods._images import to_pixels
+from methods._images import check_pixels
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,11 @@ class FarnebackParams:
 
 
 def to_gray_uint8(images: Tensor) -> np.ndarray:
-    """(N, 3, H, W) RGB, uint8 or ImageNet-normalised float -> (N, H, W) uint8 grayscale (ITU-R 601 luma)."""
-    if images.dim() != 4 or images.shape[1] != 3:
+    """(N, 3, H, W) RGB uint8 -> (N, H, W) uint8 grayscale (ITU-R 601 luma)."""
+    if images.dim() != 4:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-    rgb = to_pixels(images.detach()).cpu()
+    check_pixels(images)
+    rgb = images.detach().cpu().float()
     gray = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # (N, H, W)
     return gray.round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -55,7 +56,7 @@ def farneback_flow(
     """Flow reference -> support for each pair.
 
     Args:
-        reference_images: (N, 3, H, W) RGB, uint8 or ImageNet-normalised float.
+        reference_images: (N, 3, H, W) RGB uint8.
         support_images: (N, 3, H, W), same.
         params: Farneback parameters.
         pair_mask: optional (N,) bool; pairs where it is False are skipped and get zero flow

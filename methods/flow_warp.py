@@ -8,7 +8,7 @@ Flow sources (``flow_source``), the knob of the "where does the flow come from" 
 
 * ``"flownet"``: :class:`methods.flownet.FlowNetC`, trained end to end with the detector (the
   detection loss reaches it through the differentiable warp); optionally initialised from
-  ``flownet_weights`` (a state dict saved from :func:`methods.flownet.pretrain_flownet`).
+  ``flownet_weights`` (a state dict saved from :func:`harness.flow_pretraining.pretrain_flownet`).
   This is FGFA ("uses a FlowNet, uses flow data" when pretrained).
 * ``"farneback"``: OpenCV's classical flow (no learning, no gradient; CPU).
 * ``"oracle"``: SynthVID's ground-truth flow (``ctx.oracle_flow``): the upper bound of alignment by
@@ -28,9 +28,9 @@ from torch import Tensor
 
 from harness.aggregation import Alignment, AlignmentOutput, TemporalContext, register
 from methods._checks import check_channels
-from methods._ops import flow_warp
 from methods.farneback import FarnebackParams, farneback_flow
 from methods.flownet import FlowNetC
+from ops.flow_warp import flow_warp
 
 FlowSource = Literal["flownet", "farneback", "oracle"]
 
@@ -73,11 +73,15 @@ class FlowWarpAlignment(Alignment):
         padding_mode: where the flow points outside the map: ``"zeros"`` (FGFA's bilinear sampler)
             or ``"border"``.
 
-    ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C, H, W), aux={"flow": (B, T, 2, H, W)})``,
-    the flow in feature-grid pixels. Reads ``ctx.reference_image`` (B, 3, Hi, Wi) and
-    ``ctx.support_images`` (B, T, 3, Hi, Wi) for the flownet/farneback sources (instance attribute
-    ``needs_images``) or ``ctx.oracle_flow`` (B, T, 2, Hi, Wi) for the oracle (``needs_oracle_flow``).
+    ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C', H, W), aux={"flow": (B, T, 2, H, W)})``,
+    the flow in feature-grid pixels. The flow comes from the images (or the oracle), so any values
+    on the feature grid can be warped: ``ctx.support_values`` when given, else the supports. Reads
+    ``ctx.reference_image`` (B, 3, Hi, Wi) and ``ctx.support_images`` (B, T, 3, Hi, Wi) for the
+    flownet/farneback sources (instance attribute ``needs_images``) or ``ctx.oracle_flow``
+    (B, T, 2, Hi, Wi) for the oracle (``needs_oracle_flow``).
     """
+
+    moves_values = True
 
     def __init__(
         self,
@@ -138,14 +142,15 @@ class FlowWarpAlignment(Alignment):
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:
         ctx.validate()
         check_channels("supports", ctx.supports, self.channels, dim=2)
-        b, t, c, h, w = ctx.supports.shape
+        values = self.values_to_move(ctx)  # (B, T, C', H, W)
+        b, t, c, h, w = values.shape
         if t == 0:
-            return AlignmentOutput(ctx.supports, {"flow": ctx.supports.new_zeros(b, 0, 2, h, w)})
+            return AlignmentOutput(values, {"flow": values.new_zeros(b, 0, 2, h, w)})
         image_flow, image_size = self.estimate_flow(ctx)
         grid_flow = flow_to_grid(image_flow, grid_size=(h, w), image_size=image_size)  # (B*T, 2, H, W)
-        warped = flow_warp(ctx.supports.flatten(0, 1), grid_flow, padding_mode=self.padding_mode)
+        warped = flow_warp(values.flatten(0, 1), grid_flow.to(values.dtype), padding_mode=self.padding_mode)
         return AlignmentOutput(
-            features=warped.reshape(b, t, c, h, w),  # (B*T, C, H, W) -> (B, T, C, H, W)
+            features=warped.reshape(b, t, c, h, w),  # (B*T, C', H, W) -> (B, T, C', H, W)
             aux={"flow": grid_flow.reshape(b, t, 2, h, w)},  # (B*T, 2, H, W) -> (B, T, 2, H, W)
         )
 

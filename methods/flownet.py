@@ -1,9 +1,10 @@
-"""A small FlowNet for FGFA-style flow-guided warping, and its pretraining on ground-truth flow.
+"""A small FlowNet for FGFA-style flow-guided warping, and its endpoint-error losses.
 
 FGFA (Zhu et al. 2017) estimates flow with a FlowNet pretrained on Flying Chairs and fine-tunes it
 end to end with the detector. Here the flow net is small enough for the harness's 64-128 px frames
-and CPU budget, and is pretrained on SynthVID's ground-truth flow ("using flow data", STSN Table 1),
-then trained end to end: the detection loss reaches it through the differentiable warp.
+and CPU budget; ``harness.flow_pretraining`` pretrains it on SynthVID's ground-truth flow ("using
+flow data", STSN Table 1), then it is trained end to end: the detection loss reaches it through the
+differentiable warp.
 
 Variant: FlowNet-C-like (a local correlation cost volume between the two frames' features), not
 FlowNet-S (the two frames stacked on the channels). With the correlation the net only has to learn
@@ -20,21 +21,13 @@ reference pixel p is found at p + flow(p) in the support (the harness convention
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
-from methods._ops import correlation, flow_warp
-
-# A batch of training pairs: reference (N, 3, S, S) uint8, support (N, 3, S, S) uint8,
-# ground-truth flow reference -> support (N, 2, S, S) float32 in image pixels.
-FlowPairs = tuple[Tensor, Tensor, Tensor]
+from methods._images import check_pixels, normalize_pixels
+from ops.correlation import correlation
+from ops.flow_warp import flow_warp
 
 
 def _conv(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Sequential:
@@ -52,7 +45,7 @@ class FlowNetC(nn.Module):
         max_displacement: correlation radius d at 1/8 resolution: matches within +-8d image pixels
             are found directly; the 1/4 refinement adds a few pixels more.
 
-    Images: (N, 3, S, S) RGB uint8 (or ImageNet-normalised float), S a multiple of 8.
+    Images: (N, 3, S, S) RGB uint8, S a multiple of 8 (normalised here like the backbone's input).
     """
 
     output_stride = 4
@@ -83,8 +76,6 @@ class FlowNetC(nn.Module):
         displacements = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)  # (K, 2)
         self.register_buffer("displacements", displacements, persistent=False)
         self.matching_sharpness = nn.Parameter(torch.tensor(10.0))  # softmax inverse temperature
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1), persistent=False)
         for module in self.modules():  # MSRA init as FlowNet (PyTorch's default shrinks activations)
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
@@ -102,6 +93,8 @@ class FlowNetC(nn.Module):
                 f"support_images {tuple(support_images.shape)} must match reference_images "
                 f"{tuple(reference_images.shape)}"
             )
+        check_pixels(reference_images, name="reference_images")
+        check_pixels(support_images, name="support_images")
         if reference_images.shape[-1] % 8 or reference_images.shape[-2] % 8:
             raise ValueError(f"image size must be a multiple of 8, got {tuple(reference_images.shape[-2:])}")
 
@@ -110,7 +103,7 @@ class FlowNetC(nn.Module):
         self._check(reference_images, support_images)
         n = reference_images.shape[0]
         images = torch.cat([reference_images, support_images], dim=0)  # (2N, 3, S, S)
-        images = (to_pixels(images) - self.pixel_mean) / self.pixel_std
+        images = normalize_pixels(images)  # (2N, 3, S, S) uint8 -> float32, normalised like the backbone
         quarter = self.encoder_quarter(self.encoder_half(images))  # (2N, 2w, S/4, S/4)
         eighth = self.encoder_eighth(quarter)  # (2N, 4w, S/8, S/8)
         quarter_ref, quarter_sup = quarter[:n], quarter[n:]
@@ -158,169 +151,3 @@ def multiscale_epe(
     if len(weights) != len(pyramid):
         raise ValueError(f"{len(pyramid)} pyramid levels but {len(weights)} loss weights")
     return sum(weight * endpoint_error(level, target) for weight, level in zip(weights, pyramid, strict=True))
-
-
-@torch.no_grad()
-def evaluate_flownet(flownet: FlowNetC, pairs: FlowPairs) -> dict[str, float]:
-    """EPE of the net's finest flow and of the zero flow on held-out ``pairs``, at the net's resolution."""
-    was_training = flownet.training
-    flownet.eval()
-    reference, support, target = pairs
-    predicted = flownet(reference, support)
-    flownet.train(was_training)
-    return {
-        "epe": float(endpoint_error(predicted, target)),
-        "zero_flow_epe": float(endpoint_error(torch.zeros_like(predicted), target)),
-    }
-
-
-def train_flownet(
-    flownet: FlowNetC,
-    sample_pairs: Callable[[np.random.Generator], FlowPairs],
-    *,
-    steps: int,
-    lr: float,
-    seed: int,
-    validation_pairs: FlowPairs,
-    progress: bool = True,
-) -> dict[str, float | list[float]]:
-    """Supervised training of ``flownet`` on pairs with known flow (multi-scale EPE, AdamW, cosine lr).
-
-    Args:
-        sample_pairs: ``rng -> (reference, support, flow)`` batch; called once per step.
-        validation_pairs: held-out batch, evaluated before and after training.
-
-    Returns metrics: ``epe`` / ``zero_flow_epe`` on the validation pairs after training,
-    ``initial_epe`` before, and ``train_loss`` (one value per step).
-    """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    initial = evaluate_flownet(flownet, validation_pairs)
-    optimizer = torch.optim.AdamW(flownet.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
-    )
-    flownet.train()
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc="pretrain flownet", disable=not progress)
-    for _ in bar:
-        reference, support, target = sample_pairs(rng)
-        loss = multiscale_epe(flownet.forward_pyramid(reference, support), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flownet.parameters(), max_norm=10.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    final = evaluate_flownet(flownet, validation_pairs)
-    return {**final, "initial_epe": initial["epe"], "train_loss": losses}
-
-
-def video_pair_sampler(
-    videos: list, *, cache, image_size: int, batch_size: int, max_offset: int
-) -> Callable[[np.random.Generator], FlowPairs]:
-    """``rng -> batch`` of (reference, support, ground-truth flow) drawn from ``videos``.
-
-    Each pair: a random video, a random reference frame, a support drawn uniformly among the frames
-    within ``+-max_offset`` of it (not itself). Frames come letterboxed from ``cache``
-    (``harness.data.cache.FrameCache``), the flow from ``harness.data.dataset.oracle_flow_for``.
-    """
-    from harness.data.dataset import oracle_flow_for  # the data layer, imported only when pretraining
-
-    def sample(rng: np.random.Generator) -> FlowPairs:
-        references, supports, flows = [], [], []
-        for _ in range(batch_size):
-            video = videos[int(rng.integers(len(videos)))]
-            ref = int(rng.integers(len(video)))
-            window = range(max(0, ref - max_offset), min(len(video), ref + max_offset + 1))
-            candidates = [i for i in window if i != ref]
-            support = int(rng.choice(candidates))
-            references.append(cache.frame(video, ref))
-            supports.append(cache.frame(video, support))
-            flows.append(oracle_flow_for(video, ref, np.array([support]), image_size)[0])
-        return (
-            torch.from_numpy(np.stack(references)),  # (N, 3, S, S) uint8
-            torch.from_numpy(np.stack(supports)),
-            torch.from_numpy(np.stack(flows)),  # (N, 2, S, S) float32
-        )
-
-    return sample
-
-
-def pretrain_flownet(
-    videos: list,
-    *,
-    image_size: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    max_offset: int,
-    progress: bool = True,
-    width: int = 16,
-    max_displacement: int = 4,
-    validation_size: int = 64,
-    cache=None,
-) -> dict:
-    """Pretrain a :class:`FlowNetC` on SynthVID's ground-truth flow (endpoint error, two scales).
-
-    Args:
-        videos: ``VideoRecord`` list with ``flow_path`` (SynthVID train videos). When there are at
-            least two, the last ~10% (at least one) are held out for validation.
-        image_size: letterbox size S of the frames (the detector's input size).
-        max_offset: largest frame distance between reference and support (use the training window's).
-        width, max_displacement: the flow net's size (``FlowWarpAlignment``'s ``flownet_*`` kwargs).
-        validation_size: number of held-out pairs the metrics are computed on.
-        cache: a ``FrameCache`` to reuse (default: a new in-memory one).
-
-    Returns:
-        ``{"state_dict": ..., "flownet_kwargs": {...}, "metrics": {"epe", "zero_flow_epe",
-        "initial_epe", "train_loss", ...}}``; save it with ``torch.save`` and pass the path as
-        ``flownet_weights``.
-    """
-    usable = [video for video in videos if video.flow_path is not None and len(video) >= 2]
-    if not usable:
-        raise ValueError("pretrain_flownet needs videos with ground-truth flow (flow_path) and >= 2 frames")
-    if max_offset < 1:
-        raise ValueError(f"max_offset must be >= 1, got {max_offset}")
-    if cache is None:
-        from harness.data.cache import FrameCache
-
-        cache = FrameCache(image_size)
-    held_out = max(1, len(usable) // 10) if len(usable) >= 2 else 0
-    train_videos = usable[: len(usable) - held_out]
-    validation_videos = usable[len(usable) - held_out :] or usable
-    torch.manual_seed(seed)
-    flownet = FlowNetC(width=width, max_displacement=max_displacement)
-    sample_train = video_pair_sampler(
-        train_videos, cache=cache, image_size=image_size, batch_size=batch_size, max_offset=max_offset
-    )
-    sample_validation = video_pair_sampler(
-        validation_videos,
-        cache=cache,
-        image_size=image_size,
-        batch_size=validation_size,
-        max_offset=max_offset,
-    )
-    validation_pairs = sample_validation(np.random.default_rng(seed + 1))
-    metrics = train_flownet(
-        flownet,
-        sample_train,
-        steps=steps,
-        lr=lr,
-        seed=seed,
-        validation_pairs=validation_pairs,
-        progress=progress,
-    )
-    metrics.update(
-        train_videos=len(train_videos),
-        validation_videos=len(validation_videos),
-        steps=steps,
-        max_offset=max_offset,
-    )
-    return {
-        "state_dict": {name: value.detach().clone() for name, value in flownet.state_dict().items()},
-        "flownet_kwargs": {"width": width, "max_displacement": max_displacement},
-        "metrics": metrics,
-    }

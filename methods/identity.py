@@ -12,7 +12,13 @@ from methods._checks import check_channels
 
 @register("alignment", "identity")
 class IdentityAlignment(Alignment):
-    """``forward(ctx) -> AlignmentOutput(features=ctx.supports (B, T, C, H, W), aux={})``."""
+    """Supports used where they are (no motion compensation).
+
+    ``forward(ctx) -> AlignmentOutput(features=ctx.values (B, T, C', H, W), aux={})``: the supports,
+    or ``ctx.support_values`` when given, unchanged.
+    """
+
+    moves_values = True
 
     def __init__(self, channels: int):
         super().__init__(channels)
@@ -20,4 +26,4 @@ class IdentityAlignment(Alignment):
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:
         ctx.validate()
         check_channels("supports", ctx.supports, self.channels, dim=2)
-        return AlignmentOutput(features=ctx.supports, aux={})
+        return AlignmentOutput(features=self.values_to_move(ctx), aux={})

@@ -26,8 +26,9 @@ A consequence worth knowing: while the offset convs are exactly zero, the layers
 receive no gradient (their output only feeds a zero-weight conv). The first optimiser step on the
 last offset conv unblocks them, as in any zero-initialised DCN offset branch.
 
-The reference's own ``g_{t,t}`` (the paper also resamples the reference through the block) is not
-produced: the harness's fusion receives the raw reference (see the report to the lead).
+The paper also resamples the reference through the block (``g_{t,t}``, with the reference as its
+own support); ``resample_reference=True`` (default) does so and the fusion then compares and
+averages sampled features only.
 
 Offsets follow torchvision's layout: ``2 * deformable_groups * kh * kw`` channels, ordered
 ``(group, tap row, tap column, (dy, dx))``, in pixels of the feature grid, relative to the tap's
@@ -41,25 +42,7 @@ from torch import Tensor, nn
 
 from harness.aggregation import Alignment, AlignmentOutput, TemporalContext, register
 from methods._checks import check_channels
-from methods._ops import deform_conv2d
-
-
-class DeformableConv(nn.Module):
-    """A 3x3 (``kernel_size``) deformable conv whose offsets are given: ``forward(x, offsets)``.
-
-    ``x`` (N, C_in, H, W), ``offsets`` (N, 2 * groups * k * k, H, W) -> (N, C_out, H, W) (stride 1,
-    'same' padding).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size)  # for PyTorch's default init
-        self.weight = nn.Parameter(conv.weight.detach().clone())
-        self.bias = nn.Parameter(conv.bias.detach().clone())
-
-    def forward(self, x: Tensor, offsets: Tensor) -> Tensor:
-        return deform_conv2d(x, offsets, self.weight, self.bias, padding=self.kernel_size // 2)
+from ops.deform_conv import DeformConv2d
 
 
 @register("alignment", "stsn")
@@ -77,12 +60,17 @@ class STSNAlignment(Alignment):
             (the paper's g_{t,t}), returned as ``AlignmentOutput.reference`` so that the fusion compares
             and averages sampled features only; False fuses the raw reference.
 
+    Cannot move ``ctx.support_values`` (``moves_values = False``): the final sampling conv has C -> C
+    weights learnt on the compared features.
+
     ``forward(ctx)`` -> ``AlignmentOutput(features (B, T, C, H, W), aux={"sampling_offsets": (B, T,
     2 * deformable_groups * k * k, H, W), "sampling_tap_weight": (B, T, k * k, H, W)})``: the
     resampled supports, the offsets of the last deformable conv (the sampling locations of the
     paper's Fig. 4) and each of its taps' share of that conv's weight norm (how much a sampled
     location can matter; the same at every pixel: an expanded view, detached).
     """
+
+    moves_values = False
 
     def __init__(
         self,
@@ -120,10 +108,14 @@ class STSNAlignment(Alignment):
             nn.Conv2d(width, offset_channels, kernel_size=kernel_size, padding=kernel_size // 2)
             for width in offset_inputs
         )
+        # PyTorch's default conv init (DeformConv2d.reset_parameters), 'same' padding at stride 1.
         self.feature_convs = nn.ModuleList(
-            DeformableConv(width, hidden, kernel_size=kernel_size) for width in offset_inputs[:-1]
+            DeformConv2d(width, hidden, kernel_size, padding=kernel_size // 2, bias=True)
+            for width in offset_inputs[:-1]
         )
-        self.sampling_conv = DeformableConv(channels, channels, kernel_size=kernel_size)
+        self.sampling_conv = DeformConv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, bias=True
+        )
         self.activation = nn.ReLU(inplace=True)
         self.reset_parameters(identity_init=identity_init)
 
@@ -156,6 +148,7 @@ class STSNAlignment(Alignment):
 
     def forward(self, ctx: TemporalContext) -> AlignmentOutput:
         ctx.validate()
+        self.values_to_move(ctx)  # the last deformable conv maps the C compared channels: no other values
         check_channels("supports", ctx.supports, self.channels, dim=2)
         b, t, c, h, w = ctx.supports.shape
         if t == 0:

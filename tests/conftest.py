@@ -7,6 +7,10 @@ import os
 import pytest
 import torch
 
+# The tests are a composition root: they import the builtin methods explicitly, so the suite does not
+# depend on the installed entry-point metadata (tests/test_aggregation.py checks the entry point).
+import methods  # noqa: F401
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Under pytest-xdist every worker is its own process: with two workers on a two-core machine,

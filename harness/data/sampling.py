@@ -118,10 +118,3 @@ def support_indices(
             return others[positions]
         return np.sort(rng.choice(others, size=spec.num, replace=len(others) < spec.num)).astype(np.int64)
     raise ValueError(f"unknown support strategy {strategy!r}")
-
-
-def keyframe_schedule(num_frames: int, interval: int) -> np.ndarray:
-    """LSTS key frames: indices ``0, interval, 2*interval, ... < num_frames`` (int64)."""
-    if interval < 1:
-        raise ValueError(f"keyframe interval must be >= 1, got {interval}")
-    return np.arange(0, num_frames, interval, dtype=np.int64)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# ImageNet mean/std in 0..255 units: the usual choice, and harmless for synthetic data.
-_PIXEL_MEAN = (123.675, 116.28, 103.53)
-_PIXEL_STD = (58.395, 57.12, 57.375)
+# ImageNet mean/std in 0..255 units: the usual choice, and harmless for synthetic data. The project's
+# only copy: images travel as uint8 and every network that reads pixels (this backbone, the flow net
+# through methods/_images.py) normalises them with these.
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -86,8 +88,8 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"depth must list >= 2 stages of >= 1 block each (stride 8), got {depth}")
         self.width = width
         self.out_channels = out_channels
-        self.register_buffer("pixel_mean", torch.tensor(_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1), persistent=False)
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), _group_norm(width), nn.ReLU(inplace=True)
         )
@@ -101,11 +103,6 @@ class ResNetBackbone(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    @property
-    def low_channels(self) -> int:
-        """Channels of :meth:`forward_low`'s output."""
-        return self.width
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (or 0..255 float) images ``(B, 3, S, S)`` -> float32 normalised."""

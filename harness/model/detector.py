@@ -78,20 +78,16 @@ class VideoDetector(nn.Module):
     ) -> AggregationOutput:
         """Run the aggregator on ``reference_feats (B, C, H, W)`` and ``support_feats (B, T, C, H, W)``.
 
-        ``images (B, 3, S, S)`` / ``support_images (B, T, 3, S, S)`` uint8 are normalised and passed
-        on only when the aggregator declares ``needs_images``; ``oracle_flow (B, T, 2, S, S)`` only
-        when it declares ``needs_oracle_flow`` (an error when it is needed but missing).
+        ``images (B, 3, S, S)`` / ``support_images (B, T, 3, S, S)`` uint8 are passed on unchanged
+        (each consumer normalises them) only when the aggregator declares ``needs_images``;
+        ``oracle_flow (B, T, 2, S, S)`` only when it declares ``needs_oracle_flow`` (an error when it
+        is needed but missing).
         """
         reference_image = support_image_tensor = flow = None
         if self.aggregator.needs_images and support_feats.shape[1] > 0:
             if images is None or support_images is None:
                 raise ValueError(f"{type(self.aggregator).__name__} needs images but none were given")
-            batch, num_supports = support_images.shape[:2]
-            reference_image = self.backbone.normalize(images)
-            # (B, T, 3, S, S) -> (B*T, 3, S, S) -> normalise -> (B, T, 3, S, S)
-            support_image_tensor = self.backbone.normalize(support_images.flatten(0, 1)).unflatten(
-                0, (batch, num_supports)
-            )
+            reference_image, support_image_tensor = images, support_images
         if self.aggregator.needs_oracle_flow and support_feats.shape[1] > 0:
             if oracle_flow is None:
                 raise ValueError(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.config import SupportSpec
-from harness.data.sampling import keyframe_schedule, support_indices
+from harness.data.sampling import support_indices
 
 
 def spec(**kwargs) -> SupportSpec:
@@ -110,10 +110,3 @@ def test_bad_arguments():
         support_indices(1, 10, spec(strategy="sliding", radius=2, boundary="wrap"))
     with pytest.raises(ValueError, match="strategy"):
         support_indices(1, 10, spec(strategy="bogus"))
-
-
-def test_keyframe_schedule():
-    np.testing.assert_array_equal(keyframe_schedule(25, 10), [0, 10, 20])
-    np.testing.assert_array_equal(keyframe_schedule(10, 10), [0])
-    with pytest.raises(ValueError):
-        keyframe_schedule(10, 0)

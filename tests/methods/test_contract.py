@@ -1,9 +1,12 @@
-"""One contract test over every registered alignment x fusion (timm-style).
+"""One contract test over every registered part (timm-style).
 
 Every pair in ``REGISTRY.names("alignment") x REGISTRY.names("fusion")`` is composed by the harness's
 ``WindowAggregator`` on a tiny context (B=2, T=3, C=8, 8x8 features from 64x64 images, one padded
-support per batch element) and must satisfy the interface's promises. A newly registered part is
-picked up automatically; if it needs constructor kwargs to be valid, add them to ``VARIANTS``.
+support per batch element) and must satisfy the interface's promises; every alignment either moves
+``support_values`` or refuses them; every ``aggregator:<name>`` is built through
+``build_aggregator`` and checked as the detector uses it. A newly registered part is picked up
+automatically; if it needs constructor kwargs to be valid, add them to ``VARIANTS`` /
+``AGGREGATOR_CONFIGS``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.aggregation import REGISTRY, TemporalContext, WindowAggregator
+from harness.aggregation import REGISTRY, TemporalContext, WindowAggregator, build_aggregator
+from harness.config import AggregationConfig
 
 BATCH, SUPPORTS, CHANNELS, GRID, IMAGE = 2, 3, 8, 8, 64
 VALID = torch.tensor([[True, True, False], [True, False, True]])
@@ -24,6 +28,11 @@ VALID = torch.tensor([[True, True, False], [True, False, True]])
 VARIANTS: dict[str, list[dict]] = {
     "flow_warp": [{"flow_source": "flownet"}, {"flow_source": "farneback"}, {"flow_source": "oracle"}],
     "stsn": [{"num_layers": 2, "deformable_groups": 2}],
+}
+
+# Aggregator name -> the AggregationConfig it is checked with (default: AggregationConfig(aggregator=name)).
+AGGREGATOR_CONFIGS: dict[str, AggregationConfig] = {
+    "window": AggregationConfig(aggregator="window", alignment="flow_warp", fusion="cosine_softmax"),
 }
 
 
@@ -173,3 +182,80 @@ def test_no_supports(alignment: str, alignment_kwargs: dict) -> None:
     )
     aligned = build(alignment, alignment_kwargs, "average").alignment(empty)
     assert aligned.features.shape == (BATCH, 0, CHANNELS, GRID, GRID)
+
+
+@pytest.mark.parametrize("alignment, alignment_kwargs", _alignment_cases())
+def test_alignment_moves_support_values_or_refuses_them(alignment: str, alignment_kwargs: dict) -> None:
+    """Movers apply the transform found on the supports to any values, channel by channel; the others
+    raise a ValueError naming themselves."""
+    part = build(alignment, alignment_kwargs, "average").alignment
+    _perturb_parameters(part, seed=1)
+    ctx = make_context()
+    other = torch.randn(BATCH, SUPPORTS, 5, GRID, GRID, generator=torch.Generator().manual_seed(3))
+    if not part.moves_values:
+        for values in (ctx.supports.clone(), other):
+            with pytest.raises(ValueError, match=type(part).__name__):
+                part(dataclasses.replace(ctx, support_values=values))
+        return
+    with torch.no_grad():
+        moved_supports = part(ctx).features
+        same = part(dataclasses.replace(ctx, support_values=ctx.supports.clone())).features
+        moved_other = part(dataclasses.replace(ctx, support_values=other)).features
+    torch.testing.assert_close(same, moved_supports, rtol=0, atol=1e-6)
+    assert moved_other.shape == (BATCH, SUPPORTS, 5, GRID, GRID)
+    # Both together (C + 5 channels): each channel moves as it does alone.
+    stacked = torch.cat([ctx.supports, other], dim=2).requires_grad_(True)
+    moved = part(dataclasses.replace(ctx, support_values=stacked)).features
+    assert moved.shape == (BATCH, SUPPORTS, CHANNELS + 5, GRID, GRID)
+    torch.testing.assert_close(moved[:, :, :CHANNELS], moved_supports, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moved[:, :, CHANNELS:], moved_other, rtol=1e-5, atol=1e-5)
+    moved.square().sum().backward()
+    assert stacked.grad is not None and stacked.grad.abs().sum() > 0  # the values are what moved
+    with pytest.raises(ValueError, match="support_values"):
+        part(dataclasses.replace(ctx, support_values=other[:, :, :, :-1]))  # wrong grid
+
+
+def _aggregator_cases() -> list:
+    return [pytest.param(name, id=name) for name in REGISTRY.names("aggregator")]
+
+
+@pytest.mark.parametrize("name", _aggregator_cases())
+def test_aggregator_contract(name: str) -> None:
+    """Every registered aggregator, built as the detector builds it: one (B, C, H, W) map per stream,
+    gradients to the features, deterministic, padded supports ignored, T = 0 accepted."""
+    config = AGGREGATOR_CONFIGS.get(name, AggregationConfig(aggregator=name))
+    torch.manual_seed(0)
+    aggregator = build_aggregator(config, CHANNELS)
+    _perturb_parameters(aggregator, seed=1)
+    assert isinstance(aggregator.needs_images, bool) and isinstance(aggregator.needs_oracle_flow, bool)
+    ctx = make_context(requires_grad=True)
+    out = aggregator(ctx)
+    assert set(out.streams) == set(aggregator.stream_names)
+    for stream, features in out.streams.items():
+        assert features.shape == (BATCH, CHANNELS, GRID, GRID), stream
+        assert torch.isfinite(features).all(), stream
+    sum(features.square().mean() for features in out.streams.values()).backward()
+    assert ctx.reference.grad is not None and ctx.reference.grad.abs().sum() > 0
+    assert ctx.supports.grad is not None and ctx.supports.grad.abs().sum() > 0
+    with torch.no_grad():
+        clean = aggregator(make_context())
+        again = aggregator(make_context())
+        scrambled_ctx = make_context()
+        invalid = ~scrambled_ctx.valid
+        scrambled_ctx.supports[invalid] = make_context(seed=7).supports[invalid] * 100
+        scrambled_ctx.support_images[invalid] = make_context(seed=7).support_images[invalid]
+        scrambled = aggregator(scrambled_ctx)
+        ctx = make_context()
+        empty = dataclasses.replace(
+            ctx,
+            supports=ctx.supports[:, :0],
+            offsets=ctx.offsets[:, :0],
+            valid=ctx.valid[:, :0],
+            support_images=ctx.support_images[:, :0],
+            oracle_flow=ctx.oracle_flow[:, :0],
+        )
+        without_supports = aggregator(empty)
+    for stream in aggregator.stream_names:
+        assert torch.equal(again.streams[stream], clean.streams[stream]), stream
+        torch.testing.assert_close(scrambled.streams[stream], clean.streams[stream], rtol=1e-5, atol=1e-5)
+        assert without_supports.streams[stream].shape == (BATCH, CHANNELS, GRID, GRID), stream

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from harness.aggregation import TemporalContext
-from methods._images import IMAGENET_MEAN_255, IMAGENET_STD_255, to_pixels
-from methods._ops import _correlation_shifted_products, _flow_warp_grid_sample
+from methods._images import check_pixels, normalize_pixels
 from methods.farneback import farneback_flow
 from methods.flow_warp import FlowWarpAlignment, flow_to_grid
 
@@ -70,19 +69,6 @@ def test_farneback_recovers_a_translation_within_half_a_pixel(shift: tuple[float
     flow = farneback_flow(as_rgb(reference), as_rgb(support))  # (1, 2, 64, 64)
     interior = flow[0, :, 12:-12, 12:-12]
     assert (interior[0] - dx).abs().max() < 0.5 and (interior[1] - dy).abs().max() < 0.5
-    # Normalised float images (what the detector may pass) give the same flow.
-    mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
-    normalised = [(as_rgb(image).float() - mean) / std for image in (reference, support)]
-    torch.testing.assert_close(farneback_flow(*normalised), flow)
-
-
-def test_image_normalisation_matches_the_backbone() -> None:
-    """``to_pixels`` inverts the backbone's normalisation (what the detector puts in the context)."""
-    backbone_module = pytest.importorskip("harness.model.backbone")
-    images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
-    backbone = backbone_module.ResNetBackbone(width=8, depth=(1, 1), out_channels=8)
-    torch.testing.assert_close(to_pixels(backbone.normalize(images)), images.float(), rtol=0, atol=1e-3)
 
 
 def test_missing_inputs_raise_naming_the_field() -> None:
@@ -104,17 +90,14 @@ def test_missing_inputs_raise_naming_the_field() -> None:
     assert FlowWarpAlignment(channels=2, flow_source="farneback").needs_images
 
 
-def test_fallback_ops_hand_cases() -> None:
-    """The stand-ins used until ``ops`` provides the ops: a one-pixel shift and a 1-channel cost volume."""
-    features = torch.arange(16.0).view(1, 1, 4, 4)
-    flow = torch.zeros(1, 2, 4, 4)
-    flow[:, 0] = 1.0  # sample one pixel to the right
-    warped = _flow_warp_grid_sample(features, flow)
-    torch.testing.assert_close(warped[0, 0, :, :3], features[0, 0, :, 1:])
-    torch.testing.assert_close(warped[0, 0, :, 3], torch.zeros(4))  # outside -> 0
-    a = torch.ones(1, 1, 2, 2)
-    b = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
-    cost = _correlation_shifted_products(a, b, max_displacement=1)  # (1, 9, 2, 2), k = (dy+1)*3 + (dx+1)
-    torch.testing.assert_close(cost[0, 4], b[0, 0])  # zero displacement
-    torch.testing.assert_close(cost[0, 5], torch.tensor([[2.0, 0.0], [4.0, 0.0]]))  # dx = +1
-    torch.testing.assert_close(cost[0, 7], torch.tensor([[3.0, 4.0], [0.0, 0.0]]))  # dy = +1
+def test_pixels_are_normalised_with_the_backbone_constants_and_must_be_uint8() -> None:
+    """Hand-computed: channel values 0, 128, 255 -> (x - mean) / std with ImageNet's 0..255 constants."""
+    images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    expected = torch.tensor([(0 - 123.675) / 58.395, (128 - 116.28) / 57.12, (255 - 103.53) / 57.375])
+    torch.testing.assert_close(normalize_pixels(images), expected.view(1, 3, 1, 1).expand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="support_images must be uint8"):
+        check_pixels(images.float(), name="support_images")
+    with pytest.raises(ValueError, match="RGB"):
+        check_pixels(images[:, :2])
+    with pytest.raises(ValueError, match="uint8"):
+        farneback_flow(images.float(), images.float())

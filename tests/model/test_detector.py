@@ -310,3 +310,35 @@ def test_aggregate_requires_oracle_flow_when_declared():
             torch.ones(1, 1, dtype=torch.int64),
             torch.ones(1, 1, dtype=torch.bool),
         )
+
+
+class ImageSpy(TemporalAggregator):
+    """Records the context it is given; passes the reference through."""
+
+    needs_images = True
+    stream_names = ("main",)
+
+    def forward(self, ctx: TemporalContext) -> AggregationOutput:
+        self.seen = ctx
+        return AggregationOutput({"main": ctx.reference}, {})
+
+
+def test_aggregate_passes_the_uint8_images_unchanged():
+    """The detector does not normalise images for the aggregator: each consumer does it once."""
+    spy = ImageSpy()
+    detector = _detector(spy)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    support_images = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    features = torch.randn(2, 16, 4, 4)
+    detector.aggregate(
+        features,
+        features[:, None].expand(2, 3, 16, 4, 4),
+        torch.ones(2, 3, dtype=torch.int64),
+        torch.ones(2, 3, dtype=torch.bool),
+        images=images,
+        support_images=support_images,
+    )
+    assert spy.seen.reference_image is images and spy.seen.support_images is support_images
+    with pytest.raises(ValueError, match="needs images"):
+        one_support = torch.ones(2, 1, dtype=torch.int64)
+        detector.aggregate(features, features[:, None], one_support, one_support.bool())
