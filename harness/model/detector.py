@@ -91,7 +91,8 @@ class VideoDetector(nn.Module):
         if self.aggregator.needs_oracle_flow and support_feats.shape[1] > 0:
             if oracle_flow is None:
                 raise ValueError(
-                    f"{type(self.aggregator).__name__} needs oracle flow: set data.with_oracle_flow=True"
+                    f"{type(self.aggregator).__name__} needs oracle flow but none was given: the data "
+                    "pipeline loads it for aggregators that declare needs_oracle_flow (SynthVID only)"
                 )
             flow = oracle_flow
         context = TemporalContext(
