@@ -50,17 +50,25 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harness.config import RunConfig, from_dict, override
+    from harness.build import build_model
+    from harness.config import ConfigError, RunConfig, from_dict, override
     from harness.pipeline import run_experiment
 
-    config = RunConfig()
-    if args.config:  # a RunConfig JSON, or a phase-2 folder's config.json (its identity: no name, no test)
-        payload = json.loads(Path(args.config).read_text())
-        payload.pop("synthvid_fingerprint", None)  # recomputed from the generator, never read back
-        config = from_dict(RunConfig, payload)
-    changes = parse_overrides(args.set or [])
-    if changes:
-        config = override(config, **changes)
+    try:
+        config = RunConfig()
+        if (
+            args.config
+        ):  # a RunConfig JSON, or a phase-2 folder's config.json (its identity: no name, no test)
+            payload = json.loads(Path(args.config).read_text())
+            payload.pop("synthvid_fingerprint", None)  # recomputed from the generator, never read back
+            config = from_dict(RunConfig, payload)
+        changes = parse_overrides(args.set or [])
+        if changes:
+            config = override(config, **changes)
+        build_model(config, phase=2)  # an unknown method or one without supports fails before training
+    except (ConfigError, KeyError, ValueError, TypeError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        raise SystemExit(f"vodbench train: {message}") from None
     row = run_experiment(config, runs_root=Path(args.runs), force=args.force)
     print(json.dumps(row, indent=2, default=str))
     return 0

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 
+Protocol = Literal["devkit", "fixed", "coco"]  # the mAP definitions of harness.eval (PROTOCOLS.md)
 SupportStrategy = Literal[
     "none",  # single frame: no support frames
     "random_window",  # FGFA/STSN/SSVD training: `num` frames drawn at random within +-`radius`
@@ -169,7 +172,7 @@ class TestConfig:
     split: str = "val"  # the split evaluated
     max_videos: int | None = None  # the first N videos of the split (None = all)
     seq_nms: bool = False  # Seq-NMS post-processing before scoring
-    protocols: tuple[str, ...] = ("devkit", "fixed", "coco")  # harness.eval.evaluate protocols
+    protocols: tuple[Protocol, ...] = ("devkit", "fixed", "coco")  # harness.eval.evaluate protocols
     motion: bool = True  # slow/medium/fast breakdown (FGFA's motion IoU)
     measure: bool = True  # time the per-frame cost and count parameters/FLOPs (harness.measure)
     batch_videos: int = 4  # videos whose frames are batched at inference (detections do not change)
@@ -204,24 +207,91 @@ def phase_seed(run: RunConfig, phase: int) -> int:
     return run.seed
 
 
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or outside its choices; the message names the full key."""
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in typing.get_args(hint))
+    if origin is tuple:
+        element = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_conforms(v, element) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_types(config: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` naming the full dotted key of the first field of ``config`` (a
+    dataclass of this module, checked recursively) whose value does not match its annotation."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_types(value, prefix=f"{path}.")
+        elif not _conforms(value, hints[f.name]):
+            raise ConfigError(f"{path}: expected {_describe(hints[f.name])}, got {value!r}")
+
+
 def override(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` accepting dotted paths: ``override(cfg, **{"model.head.nms_iou": 0.3})``."""
+    """``dataclasses.replace`` accepting dotted paths: ``override(cfg, **{"model.head.nms_iou": 0.3})``.
+
+    Unknown keys raise ``KeyError`` and values of the wrong type or outside their choices raise
+    :class:`ConfigError`, both naming the full dotted key, before anything runs."""
+    result = _override(config, changes, prefix="")
+    check_types(result)
+    return result
+
+
+def _override(config: Any, changes: dict[str, Any], *, prefix: str) -> Any:
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in changes.items():
         head, _, rest = key.partition(".")
-        if not hasattr(config, head):
-            raise KeyError(f"{type(config).__name__} has no field {head!r} (in override {key!r})")
+        if not hasattr(config, head) or not dataclasses.is_dataclass(config):
+            raise KeyError(f"{type(config).__name__} has no field {head!r} (in override {prefix + key!r})")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
             flat[head] = value
     for head, sub in nested.items():
-        flat[head] = override(flat.get(head, getattr(config, head)), **sub)
-    for head, value in flat.items():  # a dict given for a nested config (e.g. from the command line)
+        flat[head] = _override(flat.get(head, getattr(config, head)), sub, prefix=f"{prefix}{head}.")
+    for head, value in flat.items():
         current = getattr(config, head)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            flat[head] = from_dict(type(current), value)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):  # e.g. from the command line
+            flat[head] = from_dict(type(current), value, prefix=f"{prefix}{head}.")
+        elif isinstance(value, list):  # JSON lists stand for the config's tuples
+            flat[head] = tuple(value)
     return dataclasses.replace(config, **flat)
 
 
@@ -233,18 +303,24 @@ def to_json(config: Any) -> str:
     return json.dumps(to_dict(config), indent=2, sort_keys=True)
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Inverse of :func:`to_dict` for the dataclasses in this module (tuples restored from lists)."""
+def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
+    """Inverse of :func:`to_dict` for the dataclasses in this module (tuples restored from lists);
+    unknown keys and ill-typed values are refused naming the full dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {data!r}")
     kwargs = {}
     hints = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in hints:
-            raise KeyError(f"{cls.__name__} has no field {key!r}")
+            raise KeyError(f"{cls.__name__} has no field {key!r} (at {prefix}{key!r})")
         default = hints[key].default
         if dataclasses.is_dataclass(default):
-            kwargs[key] = from_dict(type(default), value)
+            kwargs[key] = from_dict(type(default), value, prefix=f"{prefix}{key}.")
         elif isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    result = cls(**kwargs)
+    if not prefix:
+        check_types(result)
+    return result

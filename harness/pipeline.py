@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harness.build import PHASE_SEED_STRIDE, build_model, check_method, load_trained, resolve_device
 from harness.config import RunConfig, phase_seed
+from harness.files import atomic_path, write_text
 from harness.locks import exclusive
 from harness.runs import (
     evaluation_dir,
@@ -42,7 +44,7 @@ from harness.runs import (
     start_run,
     write_json,
 )
-from harness.train import METRICS_FILE, read_metrics, seed_everything, train
+from harness.train import METRICS_FILE, finite_weights, read_metrics, seed_everything, train
 
 
 def flatten_metrics(payload: Any, prefix: str = "") -> dict[str, float]:
@@ -178,9 +180,7 @@ def train_run(run: RunConfig, *, runs_root: Path, force: bool = False, progress:
 def _write_metrics(folder: Path, phase1_checkpoint: Path, phase2_dir: Path | None) -> None:
     """``<phase-2 folder>/metrics.jsonl``: phase 1's records, then phase 2's."""
     records = read_metrics(phase1_checkpoint.parent) + (read_metrics(phase2_dir) if phase2_dir else [])
-    tmp = folder / (METRICS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
-    tmp.replace(folder / METRICS_FILE)
+    write_text(folder / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def evaluation_folder(run: RunConfig, *, runs_root: Path) -> Path:
@@ -235,9 +235,8 @@ def predict_checkpoint(
         collect=collect,
     )
     detections_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = detections_path.with_name(detections_path.name + ".tmp")
-    write_devkit_detections(tmp, videos, detections, progress=progress)
-    tmp.replace(detections_path)
+    with atomic_path(detections_path) as tmp:
+        write_devkit_detections(tmp, videos, detections, progress=progress)
     write_json(detections_path.with_suffix(".json"), key)
     return detections
 
@@ -259,18 +258,45 @@ def evaluate_checkpoint(
     hashes), ``seed``, ``train_seconds`` and the metric columns as :func:`flatten_metrics` names them
     (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...), Seq-NMS already applied when
     ``run.test.seq_nms``. Labels (row and variant names) are the caller's: the folder is shared by
-    every study that evaluates the same thing.
+    every study that evaluates the same thing. ``weights_finite`` is False (and a warning is given)
+    when the evaluated weights hold NaN/inf. Concurrent callers of one folder evaluate it once.
     """
-    from harness.data.dataset import load_split
-
     runs_root = Path(runs_root)
-    training_folder = stage_dir(runs_root, run, "phase2")
     folder = evaluation_folder(run, runs_root=runs_root)
     identity = stage_identity(run, "test")
     if is_complete(folder, identity) and not force and collect is None:
         return read_json(folder / "result.json")
     if force and folder.exists():
         shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / ".lock", waiting=f"evaluation {folder.name}"):
+        if is_complete(folder, identity) and not force and collect is None:  # done by another process
+            return read_json(folder / "result.json")
+        return _evaluate_into(
+            run,
+            checkpoint,
+            folder,
+            identity,
+            runs_root=runs_root,
+            collect=collect,
+            force=force,
+            progress=progress,
+        )
+
+
+def _evaluate_into(
+    run: RunConfig,
+    checkpoint: Path,
+    folder: Path,
+    identity: dict[str, Any],
+    *,
+    runs_root: Path,
+    collect: Callable[..., None] | None,
+    force: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    from harness.data.dataset import load_split
+
     start_run(folder, identity)
     videos = load_split(run.data, run.test.split, max_videos=run.test.max_videos)
     device = resolve_device(run.device)
@@ -308,11 +334,17 @@ def evaluate_checkpoint(
         )
         write_json(folder / "measure.json", measurement)
 
+    finite = finite_weights(detector)
+    if not finite:
+        warnings.warn(
+            f"{folder}: the evaluated weights are not finite; its numbers are meaningless", stacklevel=2
+        )
     row: dict[str, Any] = {
         "train_id": stage_digest(run, "phase2"),
         "test_id": stage_digest(run, "test"),
         "seed": run.seed,
-        "train_seconds": _train_seconds(read_metrics(training_folder)),
+        "train_seconds": _train_seconds(read_metrics(stage_dir(runs_root, run, "phase2"))),
+        "weights_finite": finite,
     }
     row.update(flatten_metrics(evaluation))
     row.update(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import AggregationConfig, DataConfig, to_dict
+from harness.files import atomic_path
 from harness.locks import exclusive
 from harness.runs import data_identity, digest, is_complete, mark_done, start_run, write_json
 
@@ -45,9 +46,8 @@ def _flownet(data: DataConfig, settings: dict[str, Any], folder: Path, progress:
         **settings,
     )
     weights = folder / "weights.pt"
-    tmp = weights.with_name(weights.name + ".tmp")
-    torch.save(result, tmp)
-    tmp.replace(weights)
+    with atomic_path(weights) as tmp:
+        torch.save(result, tmp)
     write_json(folder / "metrics.json", result["metrics"])
     return weights
 

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ from harness.config import (
     phase_seed,
     to_dict,
 )
+from harness.files import atomic_path, write_json, write_text
 
 DONE_MARKER = "DONE"
 Stage = Literal["phase1", "phase2", "detections", "test"]
@@ -170,13 +172,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file + rename): a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -194,9 +189,7 @@ def start_run(folder: Path, identity: dict[str, Any]) -> None:
     if config_path.exists() and config_path.read_text() != text:
         raise ValueError(f"{config_path} holds a different configuration than run {folder.name}")
     if not config_path.exists():
-        tmp = config_path.with_name("config.json.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, config_path)
+        write_text(config_path, text)
     if (folder / DONE_MARKER).exists():
         return  # reusing a finished folder: nothing ran, so no environment to record
     env_path = folder / "env.json"
@@ -238,15 +231,19 @@ def append_results(rows: list[dict[str, Any]], parquet_path: Path | str) -> pd.D
     new = pd.DataFrame(rows)
     if "run_id" not in new.columns:
         raise ValueError("every results row needs a 'run_id'")
+    old = None
     if parquet_path.exists():
-        old = load_results(parquet_path)
+        try:
+            old = load_results(parquet_path)
+        except ValueError as error:  # every row is rebuilt from its run folder; the table is a cache
+            warnings.warn(f"{error}; starting it anew from this invocation's rows", stacklevel=2)
+    if old is not None:
         old = old[~old["run_id"].isin(new["run_id"])]
         new = pd.concat([old, new], ignore_index=True)
     new = canonical_columns(new)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = parquet_path.with_name(parquet_path.name + ".tmp")
-    new.to_parquet(tmp, engine="pyarrow", index=False)
-    os.replace(tmp, parquet_path)
+    with atomic_path(parquet_path) as tmp:
+        new.to_parquet(tmp, engine="pyarrow", index=False)
     return new
 
 
@@ -255,4 +252,7 @@ def load_results(parquet_path: Path | str) -> pd.DataFrame:
     parquet_path = Path(parquet_path)
     if not parquet_path.exists():
         return pd.DataFrame()
-    return pd.read_parquet(parquet_path, engine="pyarrow")
+    try:
+        return pd.read_parquet(parquet_path, engine="pyarrow")
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise ValueError(f"{parquet_path} cannot be read ({type(error).__name__}: {error})") from error

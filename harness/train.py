@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
+from harness.files import atomic_path, read_jsonl, write_text
 
 FINAL_CHECKPOINT = "final.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -180,10 +181,10 @@ def _restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temp file then rename, so a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`harness.files.atomic_path`: a crash or a full disk never leaves a
+    half-written checkpoint (nor its temporary file), and the error names the checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -196,11 +197,8 @@ def _truncate_metrics(path: Path, *, after_step: int) -> None:
     """Drop records logged after ``after_step`` (a crashed run logged steps its checkpoint lacks)."""
     if not path.exists():
         return
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in records if "event" not in r and r["step"] <= after_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    kept = [r for r in read_jsonl(path) if "event" not in r and r["step"] <= after_step]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _resume(
@@ -318,6 +316,16 @@ def train(
             old.unlink()
         return path
 
+    def stop_non_finite(what: str, completed_steps: int) -> None:
+        """Raise ``FloatingPointError``; the state before the failing step is kept as a checkpoint
+        when its weights are finite, else the last finite checkpoint is named."""
+        if finite_weights(model):
+            kept = save_checkpoint(completed_steps)
+        else:
+            kept = latest_checkpoint(out_dir)
+        where = f"the last finite state is {kept}" if kept else "no finite checkpoint exists"
+        raise FloatingPointError(f"phase {phase}: {what} at step {completed_steps + 1}; {where}")
+
     model.train()
     step_seconds: list[float] = []
     data_seconds: list[float] = []
@@ -334,15 +342,13 @@ def train(
                 losses = model.losses(batch)
                 for term, value in losses.items():
                     if not torch.isfinite(value):
-                        saved = save_checkpoint(step)
-                        raise FloatingPointError(
-                            f"phase {phase}: loss term {term!r} is {value.item()} at step {step + 1}; "
-                            f"the state before this step is saved in {saved}"
-                        )
+                        stop_non_finite(f"loss term {term!r} is {value.item()}", step)
                 total = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
+                if not torch.isfinite(grad_norm):  # the update would write NaN/inf into the weights
+                    stop_non_finite(f"the gradient norm is {float(grad_norm)}", step)
                 lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
                 optimizer.step()
                 scheduler.step()
@@ -384,6 +390,8 @@ def train(
             "device": str(device),
         }
         metrics_file.write(json.dumps(summary) + "\n")
+    if not finite_weights(model):  # an update of finite gradients can still overflow
+        stop_non_finite("the weights are not finite after the last update", step - 1)
     last = save_checkpoint(step)
     os.replace(last, final_path)
     return final_path
@@ -391,7 +399,10 @@ def train(
 
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     """All records of ``out_dir/metrics.jsonl`` (steps and summaries)."""
-    path = Path(out_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out_dir) / METRICS_FILE)
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """True when every floating-point parameter and buffer of ``model`` is finite."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
