@@ -30,6 +30,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from harness.config import RunConfig, TestConfig, override
+from harness.files import write_json
+from harness.runs import append_results, canonical_columns
 
 _TEST_FIELDS = tuple(f.name for f in dataclasses.fields(TestConfig))
 
@@ -120,6 +122,26 @@ class Study:
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"{self.name}: row {row.name!r} cannot be built: {error}") from error
 
+    def collect(self, *, seeds: list[int], out: Path) -> tuple[pd.DataFrame, list[str]]:
+        """The results of every (variant, seed) already evaluated under ``<out>/../runs``, read from
+        the run folders, and the names of the missing ones (``"<variant> seed <s>"``)."""
+        from harness.pipeline import evaluation_folder
+        from harness.runs import is_complete, read_json, stage_identity
+
+        runs_root = out.parent / "runs"
+        rows, missing = [], []
+        for seed in seeds:
+            for row in self.rows:
+                config = self.row_config(row, seed)
+                for variant in (v for v in self.variants if v.row == row.name):
+                    variant_config = variant.apply(config)
+                    folder = evaluation_folder(variant_config, runs_root=runs_root)
+                    if is_complete(folder, stage_identity(variant_config, "test")):
+                        rows.append(_labelled(read_json(folder / "result.json"), variant, seed))
+                    else:
+                        missing.append(f"{variant.name} seed {seed}")
+        return (canonical_columns(pd.DataFrame(rows)) if rows else pd.DataFrame()), missing
+
     def run(self, *, seeds: list[int], out: Path, force: bool = False, jobs: int = 1) -> pd.DataFrame:
         """Train every row for every seed, then evaluate its variants; returns the results table.
 
@@ -130,7 +152,7 @@ class Study:
         1, the collectors (Fig. 3 right, Fig. 4) and every timed measurement run in this process
         after the workers are done, so a measured FPS never shares the machine with another job."""
         from harness.pipeline import evaluate_checkpoint, resolved_aggregation, train_shared_phase1
-        from harness.runs import append_results, load_results
+        from harness.runs import load_results
 
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -170,14 +192,7 @@ class Study:
                         collect=collector,
                         # force already redid the training folder (and its evaluations) above
                     )
-                    result.update(
-                        run_id=f"{variant.name}-s{seed}",
-                        row=row_name,
-                        variant=variant.name,
-                        group=variant.group,
-                        seed=seed,
-                    )
-                    results.append(result)
+                    results.append(_labelled(result, variant, seed))
                     if collector is not None and collector.count:
                         collected.parent.mkdir(exist_ok=True)
                         collected.write_text(json.dumps(collector.summary()))
@@ -197,6 +212,17 @@ class Study:
             f"collectors, measurements and the table {finished - trained:.1f} s)\n"
         )
         return table
+
+
+def _labelled(result: dict[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
+    return {
+        **result,
+        "run_id": f"{variant.name}-s{seed}",
+        "row": variant.row,
+        "variant": variant.name,
+        "group": variant.group,
+        "seed": seed,
+    }
 
 
 def _train_and_predict(
@@ -301,16 +327,50 @@ class Ablation:
     def run(
         self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False, jobs: int = 1
     ) -> Path:
+        """Run the study and render the report. ``ablation.json`` records the mode, the seeds and the
+        status: ``running`` until every evaluation is done, then ``complete``; a killed study stays
+        ``running``, and ``vodbench report`` then says the report would be partial."""
         seeds = list(seeds or ((0,) if quick else self.default_seeds))
         folder = result_folder(out, self.name, quick)
         study = self.build_study(quick)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "running"})
         study.run(seeds=seeds, out=folder, force=force, jobs=jobs)
-        (folder / "ablation.json").write_text(json.dumps({"quick": quick, "seeds": seeds}))
+        write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "complete"})
         report = self.render(folder)
         print(f"report: {report}")
         return report
 
+    def rebuild_results(self, folder: Path) -> tuple[pd.DataFrame, list[str]]:
+        """The results table of ``folder`` rebuilt from the run folders (no training, no inference):
+        every (variant, seed) whose evaluation is complete, and the names of those that are not."""
+        status = read_status(folder)
+        study = self.build_study(status["quick"])
+        table, missing = study.collect(seeds=status["seeds"], out=folder)
+        parquet = folder / "results.parquet"
+        parquet.unlink(missing_ok=True)
+        if len(table):
+            append_results(table.to_dict("records"), parquet)
+        return table, missing
+
     @staticmethod
     def is_quick(folder: Path) -> bool:
-        marker = folder / "ablation.json"
+        marker = folder / STATUS_FILE
         return bool(json.loads(marker.read_text())["quick"]) if marker.exists() else False
+
+    @staticmethod
+    def is_partial(folder: Path) -> bool:
+        """True when the study of ``folder`` did not finish (killed, or still running)."""
+        marker = folder / STATUS_FILE
+        return marker.exists() and json.loads(marker.read_text()).get("status") != "complete"
+
+
+STATUS_FILE = "ablation.json"
+
+
+def read_status(folder: Path) -> dict[str, Any]:
+    """``<folder>/ablation.json``: ``quick``, ``seeds`` and ``status`` of the last invocation."""
+    marker = folder / STATUS_FILE
+    if not marker.exists():
+        raise FileNotFoundError(f"{marker} is missing: {folder} was not written by `vodbench ablate`")
+    return json.loads(marker.read_text())

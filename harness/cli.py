@@ -97,16 +97,34 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from harness.runs import load_results
+
     out = Path(args.out)
-    folders = sorted(p for p in out.glob("*") if (p / "results.parquet").exists())
+    folders = sorted(p for p in out.glob("*") if (p / "ablation.json").exists())
     if args.papers:
         folders = [f for f in folders if f.name.split("-")[0] in args.papers]
     if not folders:
-        print(f"vodbench: no finished ablation under {out}", file=sys.stderr)
+        print(f"vodbench report: no ablation under {out}", file=sys.stderr)
         return 1
     for folder in folders:
-        module = _ablation_module(folder.name.split("-")[0])
-        print(module.ABLATION.render(folder))
+        ablation = _ablation_module(folder.name.split("-")[0]).ABLATION
+        partial = ablation.is_partial(folder)
+        if partial and not args.partial:
+            _, missing = ablation.rebuild_results(folder)
+            raise SystemExit(
+                f"vodbench report: {folder} is partial (its study was killed or is still running; "
+                f"{len(missing)} evaluations missing, e.g. {', '.join(missing[:3])}): rerun "
+                f"`vodbench ablate {ablation.name}{' --quick' if ablation.is_quick(folder) else ''}` "
+                "to finish it, or pass --partial for a report marked partial"
+            )
+        try:
+            load_results(folder / "results.parquet")
+            readable = (folder / "results.parquet").exists()
+        except ValueError:
+            readable = False
+        if partial or not readable:  # the table is rebuilt from the run folders
+            ablation.rebuild_results(folder)
+        print(ablation.render(folder))
     return 0
 
 
@@ -173,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render reports of finished ablations")
     report.add_argument("papers", nargs="*")
     report.add_argument("--out", default="results")
+    report.add_argument(
+        "--partial", action="store_true", help="render a killed study's report, marked partial"
+    )
     report.set_defaults(func=_report)
 
     methods = sub.add_parser("methods", help="list the registered method parts and their arguments")
