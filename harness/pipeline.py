@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness.build import PHASE_SEED_STRIDE, build_model, check_method, load_trained, resolve_device
 from harness.config import RunConfig, phase_seed
 from harness.files import atomic_path, write_text
@@ -44,7 +46,15 @@ from harness.runs import (
     start_run,
     write_json,
 )
-from harness.train import METRICS_FILE, finite_weights, read_metrics, seed_everything, train
+from harness.train import (
+    METRICS_FILE,
+    finite_weights,
+    read_metrics,
+    restore_rng_state,
+    rng_state,
+    seed_everything,
+    train,
+)
 
 
 def flatten_metrics(payload: Any, prefix: str = "") -> dict[str, float]:
@@ -135,20 +145,24 @@ def train_run(run: RunConfig, *, runs_root: Path, force: bool = False, progress:
     The phase-2 folder is ``<runs_root>/phase2-<hash>/``; a finished phase is skipped, an
     interrupted one resumes from its last checkpoint. ``force`` retrains phase 2 (not the shared
     phase 1 or preparations: delete their folders for that). The method is checked (and its parts
-    built once) before any training, so an unknown name or a method without supports fails at once."""
+    built, once) before any training, so an unknown name or a method without supports fails at once."""
     runs_root = Path(runs_root)
     check_method(run)
-    build_model(run, phase=2)  # an unknown method fails here, before phase 1
     folder = stage_dir(runs_root, run, "phase2")
     identity = stage_identity(run, "phase2")
     final = folder / "phase2" / "final.pt"
+    if run.phase2.steps > 0 and not force and is_complete(folder, identity) and final.exists():
+        return final
+    aggregation = resolved_aggregation(run, runs_root=runs_root, progress=progress)  # not phase-1 bound
+    with torch.random.fork_rng(devices=[]):  # seeded as if built right before its own training
+        seed_everything(phase_seed(run, 2) + 2 * PHASE_SEED_STRIDE)
+        model = build_model(run, phase=2, aggregation=aggregation)  # an unknown method fails before phase 1
+        after_build = rng_state()
     phase1 = train_shared_phase1(run, runs_root=runs_root, progress=progress)
     if run.phase2.steps == 0:
         start_run(folder, identity)
         _write_metrics(folder, phase1, None)
         return phase1
-    if not force and is_complete(folder, identity) and final.exists():
-        return final
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive(folder / ".lock", waiting=f"phase 2 {folder.name}"):
         if force and (folder / "phase2").exists():
@@ -156,9 +170,7 @@ def train_run(run: RunConfig, *, runs_root: Path, force: bool = False, progress:
             (folder / "DONE").unlink(missing_ok=True)
         if not is_complete(folder, identity) or not final.exists():
             start_run(folder, identity)
-            aggregation = resolved_aggregation(run, runs_root=runs_root, progress=progress)
-            seed_everything(phase_seed(run, 2) + 2 * PHASE_SEED_STRIDE)
-            model = build_model(run, phase=2, aggregation=aggregation)
+            restore_rng_state(after_build)
             model.load_phase1(phase1)
             dataset, collate = _train_dataset(run, 2, with_oracle_flow=model.aggregator.needs_oracle_flow)
             final = train(

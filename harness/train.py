@@ -165,14 +165,14 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; expected adamw or sgd")
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -216,7 +216,7 @@ def _resume(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"])
     return int(state["step"])
 
 
@@ -307,7 +307,7 @@ def train(
             "scheduler": scheduler.state_dict(),
             "step": completed_steps,
             "phase": phase,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
         save_atomic(payload, path)
         for old in sorted(out_dir.glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[
