@@ -172,6 +172,7 @@ class Study:
                 train_shared_phase1(config, runs_root=runs_root)  # once, before any parallel job
                 resolved_aggregation(config, runs_root=runs_root)  # preparations too
                 configs[seed, row.name] = config
+        prepared = time.perf_counter()
         checkpoints = _train_all(configs, self.variants, runs_root=runs_root, force=force, jobs=jobs)
         trained = time.perf_counter()
 
@@ -206,10 +207,27 @@ class Study:
             append_results(every_result, parquet)
         table = load_results(parquet)
         finished = time.perf_counter()
+        timing = {
+            "jobs": jobs,
+            "row_seed_runs": len(configs),
+            "total_seconds": finished - started,
+            "phase1_and_preparations_seconds": prepared - started,  # 0 when reused
+            "training_and_inference_seconds": trained - prepared,
+            "evaluation_collectors_measurement_seconds": finished - trained,
+        }
+        if len(table):
+            per_row = table.drop_duplicates(["row", "seed"]).groupby("row")["train_seconds"].sum()
+            timing["phase2_train_seconds_by_row"] = {row: float(s) for row, s in per_row.items()}
+            for column in ("inference_seconds", "eval_seconds", "measure_seconds"):
+                if column in table:
+                    key = ["train_id", column] if column == "inference_seconds" else ["test_id"]
+                    unique = table.drop_duplicates(key)  # variants sharing detections count once
+                    timing[f"sum_{column}"] = float(unique[column].fillna(0).sum())
+        write_json(out / "timing.json", timing)
         (out / "timing.txt").write_text(
-            f"{finished - started:.1f} s for {len(configs)} row x seed runs "
-            f"(training and inference {trained - started:.1f} s with {jobs} job(s), "
-            f"collectors, measurements and the table {finished - trained:.1f} s)\n"
+            f"{finished - started:.1f} s for {len(configs)} row x seed runs: phase 1 and preparations "
+            f"{prepared - started:.1f} s, phase-2 training and inference {trained - prepared:.1f} s "
+            f"with {jobs} job(s), evaluation, collectors and measurement {finished - trained:.1f} s\n"
         )
         return table
 
@@ -337,7 +355,10 @@ class Ablation:
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "running"})
         study.run(seeds=seeds, out=folder, force=force, jobs=jobs)
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "complete"})
+        started = time.perf_counter()
         report = self.render(folder)
+        with (folder / "timing.txt").open("a") as timing:
+            timing.write(f"report rendered in {time.perf_counter() - started:.1f} s\n")
         print(f"report: {report}")
         return report
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -236,6 +237,7 @@ def predict_checkpoint(
     device = resolve_device(run.device)
     if detector is None:
         detector = load_trained(run, checkpoint, device)
+    started = time.perf_counter()
     detections = predict_split(
         detector,
         videos,
@@ -246,11 +248,22 @@ def predict_checkpoint(
         progress=progress,
         collect=collect,
     )
+    seconds = time.perf_counter() - started
     detections_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(detections_path) as tmp:
         write_devkit_detections(tmp, videos, detections, progress=progress)
-    write_json(detections_path.with_suffix(".json"), key)
+    write_json(detections_path.with_suffix(".json"), {**key, "inference_seconds": seconds})
     return detections
+
+
+def _inference_seconds(run: RunConfig, runs_root: Path) -> float:
+    """Wall time of the inference that made ``run``'s cached detections (recorded beside them)."""
+    detections_path = (
+        stage_dir(runs_root, run, "phase2")
+        / "detections"
+        / f"detections-{stage_digest(run, 'detections')}.json"
+    )
+    return float(read_json(detections_path).get("inference_seconds", float("nan")))
 
 
 def evaluate_checkpoint(
@@ -327,14 +340,17 @@ def _evaluate_into(
     )
 
     # evaluation ------------------------------------------------------------------------------
+    started = time.perf_counter()
     if run.test.seq_nms:
         from harness.eval.seqnms import seq_nms
 
         detections = seq_nms(videos, detections, progress=progress)
     evaluation = _evaluate(run, videos, detections, progress=progress)
     write_json(folder / "eval.json", evaluation)
+    eval_seconds = time.perf_counter() - started
 
     # measurement -----------------------------------------------------------------------------
+    started = time.perf_counter()
     measurement: dict[str, Any] = {}
     if run.test.measure:
         from harness.infer import plan_supports
@@ -355,8 +371,12 @@ def _evaluate_into(
         "train_id": stage_digest(run, "phase2"),
         "test_id": stage_digest(run, "test"),
         "seed": run.seed,
-        "train_seconds": _train_seconds(read_metrics(stage_dir(runs_root, run, "phase2"))),
+        "train_seconds": _train_seconds(read_metrics(stage_dir(runs_root, run, "phase2") / "phase2")),
         "weights_finite": finite,
+        # wall times of this evaluation's stages (inference: when its detections were made)
+        "inference_seconds": _inference_seconds(run, runs_root),
+        "eval_seconds": eval_seconds,
+        "measure_seconds": time.perf_counter() - started,
     }
     row.update(flatten_metrics(evaluation))
     row.update(
