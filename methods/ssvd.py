@@ -136,8 +136,10 @@ def mean_over_frames(
 
 @register("aggregator", "ssvd")
 class SSVDAggregator(TemporalAggregator):
-    """SSVD's two streams (motion: flow warp + average; sampling: ``ssvd_sampling`` + average) and
-    their fusion (``late`` / ``early`` / ``motion_guided``); see the module docstring.
+    """SSVD's motion and sampling streams, fused late (two heads), early or by motion-guided sampling.
+
+    Motion: flow warp + average; sampling: ``ssvd_sampling`` + average or learned weights; see the
+    module docstring.
 
     Args:
         channels: C of the backbone features.

@@ -43,7 +43,7 @@ offsets start random):
   bias would sit at ReLU's kink, where PyTorch's gradient is 0, and the channel would never learn);
 * ``identity_init=True`` (default, as ``alignment:stsn``) starts the deformable conv as the identity
   (centre tap = identity matrix), so at init the stream returns the support features unchanged and
-  phase 2 starts from the phase-1 head on unaligned features. ``False`` keeps Kaiming init.
+  phase 2 starts from the phase-1 head on unaligned features. ``False`` keeps PyTorch's conv init.
 * While the offset channels are exactly zero the layers before them get no gradient (their output
   only feeds zero weights); the first optimiser step on ``pred`` unblocks them.
 
@@ -157,7 +157,7 @@ class SSVDSamplingAlignment(Alignment):
         hidden_channels: offset-predictor width (default ``channels``; see the module docstring).
         deformable_groups: offset groups of the deformable conv (paper and code: 4).
         learned_weights: predict the official code's extra per-position frame-weight logit.
-        identity_init: start the deformable conv as the identity (default) instead of Kaiming init.
+        identity_init: start the deformable conv as the identity (default) instead of PyTorch's conv init.
         resample_reference: also pass the reference through the block with itself as the support
             (Eq. 3's tau = 0 term; the official test code does so), returned as
             ``AlignmentOutput.reference``.
@@ -241,7 +241,8 @@ class SSVDSamplingAlignment(Alignment):
 
     def estimate_grid_flow(self, ctx: TemporalContext) -> Tensor:
         """(B*T, 2, H, W): flow reference -> support on the feature grid (``flow_guidance`` only)."""
-        assert self.flow is not None
+        if self.flow is None:
+            raise ValueError("SSVDSamplingAlignment.estimate_grid_flow needs flow_guidance=True")
         image_flow, image_size = self.flow.estimate_flow(ctx)
         grid_size = tuple(ctx.supports.shape[-2:])
         return flow_to_grid(image_flow, grid_size=grid_size, image_size=image_size).to(ctx.supports.dtype)
