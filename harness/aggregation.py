@@ -198,6 +198,9 @@ class TemporalAggregator(nn.Module):
     mode: ClassVar[str] = "window"
     stream_names: tuple[str, ...] = ("main",)
     box_fusion_iou: float = 0.5  # late fusion NMS IoU when there are several streams
+    # late fusion: each head's own NMS before the joint NMS (True), or one NMS over every head's
+    # thresholded top-k candidates (False: SSVD's paper and official code)
+    per_stream_nms: bool = True
     needs_images: bool = False
     needs_oracle_flow: bool = False
 

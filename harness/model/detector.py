@@ -33,6 +33,8 @@ class VideoDetector(nn.Module):
         aggregator: a :class:`~harness.aggregation.TemporalAggregator`.
         heads: one head per name in ``aggregator.stream_names``.
         box_fusion_iou: NMS IoU that fuses several streams' boxes.
+        per_stream_nms: several streams: run each head's own NMS before the fusion NMS (True), or
+            fuse every head's candidates before NMS (score threshold, top-k) by one NMS (False).
         max_detections: detections kept per frame after stream fusion.
     """
 
@@ -43,6 +45,7 @@ class VideoDetector(nn.Module):
         aggregator: TemporalAggregator,
         heads: nn.ModuleDict,
         box_fusion_iou: float = 0.5,
+        per_stream_nms: bool = True,
         max_detections: int = 100,
     ):
         super().__init__()
@@ -55,6 +58,7 @@ class VideoDetector(nn.Module):
         self.aggregator = aggregator
         self.heads = heads
         self.box_fusion_iou = box_fusion_iou
+        self.per_stream_nms = per_stream_nms
         self.max_detections = max_detections
 
     @property
@@ -159,14 +163,17 @@ class VideoDetector(nn.Module):
     def detect(self, agg_out: AggregationOutput, image_size: int) -> list[DetectionTriple]:
         """Per reference, in letterboxed pixels: ``(boxes (D, 4), scores (D,), labels (D,))``.
 
-        Several streams: candidates after each head's own NMS are concatenated and fused by
-        class-wise NMS at ``box_fusion_iou`` (SSVD's late fusion).
+        Several streams: every head's boxes (after its own NMS with ``per_stream_nms``, else its
+        thresholded top-k candidates before NMS) are concatenated and fused by class-wise NMS at
+        ``box_fusion_iou`` (SSVD's late fusion).
         """
-        per_stream = [
-            head.predict(head(agg_out.streams[name]), image_size) for name, head in self.heads.items()
-        ]
-        if len(per_stream) == 1:
-            return per_stream[0]
+        if len(self.heads) == 1:
+            name, head = next(iter(self.heads.items()))
+            return head.predict(head(agg_out.streams[name]), image_size)
+        per_stream = []
+        for name, head in self.heads.items():
+            select = head.predict if self.per_stream_nms else head.candidates
+            per_stream.append(select(head(agg_out.streams[name]), image_size))
         results = []
         for triples in zip(*per_stream, strict=True):
             boxes = torch.cat([t[0] for t in triples])
@@ -258,5 +265,6 @@ def build_detector(model: Any, *, single_frame: bool = False) -> VideoDetector:
         aggregator=aggregator,
         heads=heads,
         box_fusion_iou=aggregator.box_fusion_iou,
+        per_stream_nms=aggregator.per_stream_nms,
         max_detections=model.head.max_detections,
     )

@@ -28,6 +28,7 @@ VALID = torch.tensor([[True, True, False], [True, False, True]])
 VARIANTS: dict[str, list[dict]] = {
     "flow_warp": [{"flow_source": "flownet"}, {"flow_source": "farneback"}, {"flow_source": "oracle"}],
     "stsn": [{"num_layers": 2, "deformable_groups": 2}],
+    "ssvd_sampling": [{}, {"learned_weights": True}, {"flow_guidance": True}],
 }
 
 # Aggregator name -> the AggregationConfig it is checked with (default: AggregationConfig(aggregator=name)).
@@ -223,7 +224,12 @@ def _aggregator_cases() -> list:
 def test_aggregator_contract(name: str) -> None:
     """Every registered aggregator, built as the detector builds it: one (B, C, H, W) map per stream,
     gradients to the features, deterministic, padded supports ignored, T = 0 accepted."""
-    config = AGGREGATOR_CONFIGS.get(name, AggregationConfig(aggregator=name))
+    check_aggregator_contract(AGGREGATOR_CONFIGS.get(name, AggregationConfig(aggregator=name)))
+
+
+def check_aggregator_contract(config: AggregationConfig) -> None:
+    """The checks of :func:`test_aggregator_contract` for one config (a method's own tests call it
+    for the variants its kwargs select)."""
     torch.manual_seed(0)
     aggregator = build_aggregator(config, CHANNELS)
     _perturb_parameters(aggregator, seed=1)
