@@ -232,8 +232,14 @@ def test_stale_temporaries_of_other_datasets_are_kept(tmp_path):
     import subprocess
     import sys
 
-    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                                  capture_output=True, text=True, check=True).stdout)
+    dead_pid = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     stale = tmp_path / f".synthvid-tiny-s7.tmp-{dead_pid}"  # left by a version without lock files
     other = tmp_path / f".synthvid-tiny-s7-0123abcd.tmp-{dead_pid}"  # another configuration's
     unrelated = tmp_path / ".synthvid-tiny-s7.tmp-notapid"
