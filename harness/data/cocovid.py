@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.classes import display_name
-from harness.data.errors import BadInputPolicy, DataError, OnBadInput, SkipReport, first_few
+from harness.data.errors import (
+    GAP_IN_FRAME_NUMBERS,
+    BadInputPolicy,
+    DataError,
+    OnBadInput,
+    SkipReport,
+    first_few,
+)
 from harness.data.records import FrameRecord, VideoRecord, check_frame_record
 
 
@@ -104,7 +111,6 @@ def _load_document(json_path: Path) -> dict:
 
 _IMAGE_KEYS = ("id", "video_id", "frame_id", "file_name", "width", "height")
 _ANNOTATION_KEYS = ("image_id", "category_id", "bbox", "instance_id")
-GAP_IN_FRAME_NUMBERS = "missing from its video (gap in the frame numbers)"
 
 
 def _as_int(value) -> int | None:

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 OnBadInput = Literal["raise", "skip"]
 
+# The reason a frame missing from the middle (or start) of a video is counted under: frames are
+# numbered 0..n-1, as FGFA's lists and loaders assume.
+GAP_IN_FRAME_NUMBERS = "missing from its video (gap in the frame numbers)"
+
 
 class DataError(ValueError):
     """Malformed or inconsistent input data; the message names the file and the problem."""

@@ -27,7 +27,14 @@ from tqdm import tqdm
 
 from harness.data import imagesets
 from harness.data.classes import VID_CLASSES
-from harness.data.errors import BadInputPolicy, DataError, OnBadInput, SkipReport, first_few
+from harness.data.errors import (
+    GAP_IN_FRAME_NUMBERS,
+    BadInputPolicy,
+    DataError,
+    OnBadInput,
+    SkipReport,
+    first_few,
+)
 from harness.data.records import FrameRecord, VideoRecord
 
 SYNTHVID_META = "synthvid.json"
@@ -212,7 +219,6 @@ def annotation_xml(frame: FrameRecord, *, classes: tuple[str, ...], folder: str,
 # ---------------------------------------------------------------------------------------------
 
 
-GAP_IN_FRAME_NUMBERS = "missing from its video (gap in the frame numbers)"
 _LISTED_NOT_IN_SPLIT = "listed in VID_val_frames.txt but not in the split"
 _STALE_LIST = (
     "the list is stale: write it again for this root, or remove it to number the frames in sorted order"
