@@ -323,14 +323,16 @@ def build_dataset(
     if training and data.train_list == TRAIN_FRAME_FLAG:
         if data.format != "cocovid":
             raise ValueError(f"train_list={TRAIN_FRAME_FLAG!r} needs format='cocovid' (a COCO-VID flag)")
-        frames = read_cocovid_train_frames(data.cocovid_json.format(split=split))
+        list_path = Path(data.cocovid_json.format(split=split))
+        frames = read_cocovid_train_frames(list_path, on_bad_input=data.on_bad_input)
     elif training and data.train_list is not None:
         list_path = Path(data.train_list)
         list_path = list_path if list_path.is_file() else root / "ImageSets" / list_path
         frames = [(e.video, e.frame_id) for e in imagesets.read_train_frames(list_path)]
-    if not isinstance(frames, str):  # a list may name videos this split did not load
-        loaded = {v.name for v in videos}
-        frames = [pair for pair in frames if pair[0] in loaded]
+    if not isinstance(frames, str):  # a listed frame the split does not have: refused, or skipped and counted
+        frames = imagesets.check_listed_frames(
+            frames, videos, source=list_path, split=split, on_bad_input=data.on_bad_input
+        )
     stills: list[VideoRecord] = []
     still_fraction = 0.0
     if training and _has_stills(root) and (phase == 1 or data.still_fraction > 0):

@@ -16,6 +16,10 @@ logger = logging.getLogger(__name__)
 
 OnBadInput = Literal["raise", "skip"]
 
+# The reason a frame missing from the middle (or start) of a video is counted under: frames are
+# numbered 0..n-1, as FGFA's lists and loaders assume.
+GAP_IN_FRAME_NUMBERS = "missing from its video (gap in the frame numbers)"
+
 
 class DataError(ValueError):
     """Malformed or inconsistent input data; the message names the file and the problem."""
@@ -34,8 +38,8 @@ class SkipReport:
     examples: list[str] = field(default_factory=list)
     max_examples: int = 10
 
-    def add(self, kind: str, reason: str, message: str) -> None:
-        self.counts[f"{kind}: {reason}"] += 1
+    def add(self, kind: str, reason: str, message: str, count: int = 1) -> None:
+        self.counts[f"{kind}: {reason}"] += count
         if len(self.examples) < self.max_examples:
             self.examples.append(message)
 
@@ -65,13 +69,20 @@ class BadInputPolicy:
         self.on_bad_input = on_bad_input
         self.report = report if report is not None else SkipReport()
 
-    def problem(self, kind: str, reason: str, source: str, detail: str = "") -> None:
-        """Handle one problem with ``source`` (a file path): raise, or count it as a skipped ``kind``."""
+    def problem(self, kind: str, reason: str, source: str, detail: str = "", *, count: int = 1) -> None:
+        """Handle one problem with ``source`` (a file path): raise, or count it as ``count`` skipped
+        ``kind`` items (one problem can leave out several, e.g. the frames missing from a video)."""
         message = f"{source}: {reason}" + (f" ({detail})" if detail else "")
         if self.on_bad_input == "raise":
             raise DataError(message)
-        self.report.add(kind, reason, message)
+        self.report.add(kind, reason, message, count)
 
     def log_summary(self, what: str) -> None:
         if self.report.total:
             logger.warning("%s: %s", what, self.report.summary())
+
+
+def first_few(items: list, limit: int = 5) -> str:
+    """``"a, b, c"``, or ``"a, b, c, ... (12 in all)"`` when there are more than ``limit``."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all)"

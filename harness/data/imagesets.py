@@ -23,11 +23,12 @@ file                           one line per ...
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.data.errors import DataError
+from harness.data.errors import BadInputPolicy, DataError, OnBadInput, first_few
+from harness.data.records import VideoRecord
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,32 @@ def read_val_frames(path: str | Path) -> dict[tuple[str, int], int]:
     """Read ``VID_val_frames.txt`` into ``{(video, frame_id): global index}``.
 
     Columns: ``val/<video>/<frame:06d>`` ``<global index>`` (1-based, the devkit detection file's first
-    column).
+    column). A frame listed twice, an index used twice or an index below 1 raises :class:`DataError`
+    naming the file and line.
     """
     path = Path(path)
     index: dict[tuple[str, int], int] = {}
+    line_of_frame: dict[tuple[str, int], int] = {}
+    line_of_index: dict[int, int] = {}
     for n, cols in _split_lines(path, 2):
         video, _, frame = cols[0].rpartition("/")
         if not video:
             raise DataError(f"{path}:{n}: expected '<video>/<frame>', got {cols[0]!r}")
-        index[(video, _to_int(path, n, frame, "frame"))] = _to_int(path, n, cols[1], "global index")
+        key = (video, _to_int(path, n, frame, "frame"))
+        global_index = _to_int(path, n, cols[1], "global index")
+        # a repeated frame or index would send a detection line to the wrong frame: refuse the list here,
+        # so the evaluation never blames the detection file for it
+        if key in line_of_frame:
+            raise DataError(f"{path}:{n}: frame {cols[0]} is already listed on line {line_of_frame[key]}")
+        if global_index <= 0:
+            raise DataError(f"{path}:{n}: global index {global_index} must be positive (it is 1-based)")
+        if global_index in line_of_index:
+            raise DataError(
+                f"{path}:{n}: global index {global_index} is already used on line "
+                f"{line_of_index[global_index]}"
+            )
+        line_of_frame[key], line_of_index[global_index] = n, n
+        index[key] = global_index
     return index
 
 
@@ -138,7 +156,9 @@ def write_val_frames(frames: Iterable[tuple[str, int]], path: str | Path) -> Non
 
 
 def read_det_list(path: str | Path) -> list[str]:
-    """Read ``DET_train_30classes.txt``. Columns: ``train/<path>`` (under ``Data/DET``, no extension), ``1``.
+    """Read ``DET_train_30classes.txt``.
+
+    Columns: ``train/<path>`` (under ``Data/DET``, no extension), ``1``.
     """
     return [cols[0] for _, cols in _split_lines(Path(path), 2)]
 
@@ -146,3 +166,44 @@ def read_det_list(path: str | Path) -> list[str]:
 def write_det_list(paths: Iterable[str], path: str | Path) -> None:
     """Write ``DET_train_30classes.txt``: ``<path> 1`` per line."""
     Path(path).write_text("".join(f"{p} 1\n" for p in paths))
+
+
+def check_listed_frames(
+    frames: Sequence[tuple[str, int]],
+    videos: Sequence[VideoRecord],
+    *,
+    source: str | Path,
+    split: str,
+    on_bad_input: OnBadInput = "raise",
+) -> list[tuple[str, int]]:
+    """The ``(video, frame_id)`` pairs of a training list (read from ``source``) that are among ``videos``.
+
+    A list naming a video the split does not have, or a frame its video does not have, names the wrong
+    data (another root, an old list): :class:`DataError` naming ``source`` and the first missing
+    entries; under ``on_bad_input="skip"`` they are left out, counted and logged.
+    """
+    loaded = {video.name: {frame.frame_id for frame in video.frames} for video in videos}
+    policy = BadInputPolicy(on_bad_input)
+    no_video = [pair for pair in frames if pair[0] not in loaded]
+    if no_video:
+        names = list(dict.fromkeys(video for video, _ in no_video))
+        policy.problem(
+            "frame",
+            "listed video not in the split",
+            str(source),
+            f"{len(no_video)} listed frame(s) of {len(names)} video(s) not in split {split!r}: "
+            + first_few(names),
+            count=len(no_video),
+        )
+    no_frame = [pair for pair in frames if pair[0] in loaded and pair[1] not in loaded[pair[0]]]
+    if no_frame:
+        policy.problem(
+            "frame",
+            "listed frame not in its video",
+            str(source),
+            f"{len(no_frame)} listed frame(s) not in split {split!r}: "
+            + first_few([f"{video}/{frame_id:06d}" for video, frame_id in no_frame]),
+            count=len(no_frame),
+        )
+    policy.log_summary(f"training list {source}")
+    return [pair for pair in frames if pair[1] in loaded.get(pair[0], ())]

@@ -16,6 +16,7 @@ the FGFA lists, so a name is unique across splits.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,14 @@ from tqdm import tqdm
 
 from harness.data import imagesets
 from harness.data.classes import VID_CLASSES
-from harness.data.errors import BadInputPolicy, DataError, OnBadInput, SkipReport
+from harness.data.errors import (
+    GAP_IN_FRAME_NUMBERS,
+    BadInputPolicy,
+    DataError,
+    OnBadInput,
+    SkipReport,
+    first_few,
+)
 from harness.data.records import FrameRecord, VideoRecord
 
 SYNTHVID_META = "synthvid.json"
@@ -69,9 +77,12 @@ def _int_field(element, tag: str, xml_path: Path, default: int | None = None) ->
             return default
         raise DataError(f"{xml_path}: missing field <{tag}>")
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
-        raise DataError(f"{xml_path}: field <{tag}> is not a number: {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):  # "inf", "nan", "1e400", "ten": int() would raise OverflowError on some
+        raise DataError(f"{xml_path}: field <{tag}> is not a finite number: {text!r}")
+    return int(value)
 
 
 def parse_annotation(
@@ -80,13 +91,17 @@ def parse_annotation(
     class_to_index: dict[str, int],
     policy: BadInputPolicy,
     drop_other_classes: bool = False,
+    track_ids_required: bool = False,
 ) -> _ParsedFrame | None:
     """Parse one VID/DET annotation file; ``None`` when the whole frame is skipped.
 
     Frame-level problems (missing file, malformed XML, missing size) raise or skip the frame; box-level
-    problems (unknown class, malformed or out-of-image box) raise or skip the box. With
+    problems (unknown class, malformed, non-finite or out-of-image box) raise or skip the box. With
     ``drop_other_classes`` objects of classes outside ``class_to_index`` are dropped on purpose (DET
-    images carry 200 classes, of which the 30 VID ones are used).
+    images carry 200 classes, of which the 30 VID ones are used). With ``track_ids_required`` (VID
+    frames) an object without ``<trackid>``, or with the ``<trackid>`` of an earlier object of the frame,
+    is bad input: numbering it by position could merge two tracks and change the motion buckets. DET
+    stills carry no track ids; their objects are numbered 0, 1, 2...
     """
     try:
         root = etree.parse(str(xml_path)).getroot()
@@ -108,6 +123,7 @@ def parse_annotation(
         return None
 
     parsed = _ParsedFrame(width, height, [], [], [], [], [], [])
+    object_of_track: dict[int, int] = {}  # track id -> index of the object that has it in this frame
     for object_index, obj in enumerate(root.iterfind("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_index:
@@ -120,6 +136,7 @@ def parse_annotation(
             if bndbox is None:
                 raise DataError(f"{xml_path}: object {object_index} has no <bndbox>")
             box = [_int_field(bndbox, tag, xml_path) for tag in ("xmin", "ymin", "xmax", "ymax")]
+            has_track_id = obj.find("trackid") is not None
             track_id = _int_field(obj, "trackid", xml_path, default=object_index)
             occluded = _int_field(obj, "occluded", xml_path, default=0)
             generated = _int_field(obj, "generated", xml_path, default=0)
@@ -136,6 +153,19 @@ def parse_annotation(
                 f"object {object_index} {name}: {box} in a {width}x{height} image",
             )
             continue
+        if track_ids_required and not has_track_id:
+            policy.problem("box", "object without <trackid>", str(xml_path), f"object {object_index} {name}")
+            continue
+        if track_ids_required and track_id in object_of_track:
+            policy.problem(
+                "box",
+                "duplicate <trackid> in a frame",
+                str(xml_path),
+                f"object {object_index} {name}: <trackid> {track_id} is also object "
+                f"{object_of_track[track_id]}'s",
+            )
+            continue
+        object_of_track[track_id] = object_index
         parsed.boxes.append([float(v) for v in box])
         parsed.labels.append(class_to_index[name])
         parsed.track_ids.append(track_id)
@@ -187,6 +217,12 @@ def annotation_xml(frame: FrameRecord, *, classes: tuple[str, ...], folder: str,
 # ---------------------------------------------------------------------------------------------
 # VID videos
 # ---------------------------------------------------------------------------------------------
+
+
+_LISTED_NOT_IN_SPLIT = "listed in VID_val_frames.txt but not in the split"
+_STALE_LIST = (
+    "the list is stale: write it again for this root, or remove it to number the frames in sorted order"
+)
 
 
 def _list_dir(path: Path) -> list[os.DirEntry]:
@@ -244,8 +280,13 @@ def read_vid_split(
 
     Returns:
         Videos in sorted name order, frames in frame order. ``global_index`` (1-based) follows
-        ``ImageSets/VID_val_frames.txt`` when the root has it (frames not listed get 0), else the
-        sorted order of all frames of the split.
+        ``ImageSets/VID_val_frames.txt`` when the root has it, else the sorted order of all frames of
+        the split. A list that covers the split must name exactly its frames (a frame on disk it does
+        not list, or a listed frame not on disk, is bad input: the list is stale); a split the list does
+        not cover at all (FGFA's lists val only) gets index 0.
+
+    A video's frames must be numbered 0..n-1 without gaps (a number with neither an annotation nor an
+    image is bad input; under ``"skip"`` each missing frame is counted and the rest kept).
     """
     root = Path(root)
     classes = dataset_classes(root) if classes is None else tuple(classes)
@@ -261,6 +302,26 @@ def read_vid_split(
         frame_lists[video_dir] = sorted(e.name for e in _list_dir(video_dir) if e.name.endswith(".xml"))
     val_frames_list = root / "ImageSets" / "VID_val_frames.txt"
     listed_index = imagesets.read_val_frames(val_frames_list) if val_frames_list.is_file() else None
+    # The list numbers the frames of the split it covers (FGFA's: val); it must name exactly the frames
+    # on disk, else detection files made from it point at the wrong frames. Other splits get index 0.
+    listed_frames: dict[str, set[int]] = {}
+    for video_name, frame_id in listed_index or {}:
+        if video_name.startswith(f"{split}/"):
+            listed_frames.setdefault(video_name, set()).add(frame_id)
+    split_videos = {f"{split}/{d.relative_to(annotation_split_dir).as_posix()}" for d in video_dirs}
+    ghosts = [
+        f"{video}/{frame:06d}"
+        for video in sorted(set(listed_frames) - split_videos)
+        for frame in sorted(listed_frames[video])
+    ]
+    if ghosts:
+        policy.problem(
+            "frame",
+            _LISTED_NOT_IN_SPLIT,
+            str(val_frames_list),
+            f"{first_few(ghosts)}: no such video under {annotation_split_dir}; {_STALE_LIST}",
+            count=len(ghosts),
+        )
     running_index, next_index = {}, 1
     for video_dir in video_dirs:  # sorted order of the whole split, before any restriction
         running_index[video_dir] = next_index
@@ -299,6 +360,26 @@ def read_vid_split(
                 str(data_dir / image_name),
                 f"expected {video_dir / image_name.replace('.JPEG', '.xml')}",
             )
+        # frame numbers with an annotation or an image (one without the other is reported on its own)
+        on_disk = {int(name.split(".")[0]) for name in images | annotated if name.split(".")[0].isdigit()}
+        missing = sorted(set(range(max(on_disk, default=-1) + 1)) - on_disk)
+        if missing:
+            policy.problem(
+                "frame",
+                GAP_IN_FRAME_NUMBERS,
+                str(video_dir),
+                f"frame numbers {first_few(missing, 10)} are missing; a video's frames are numbered 0..n-1",
+                count=len(missing),
+            )
+        stale = sorted(listed_frames.get(video_name, set()) - on_disk)
+        if stale:
+            policy.problem(
+                "frame",
+                _LISTED_NOT_IN_SPLIT,
+                str(val_frames_list),
+                f"{first_few([f'{video_name}/{f:06d}' for f in stale])}: not in {video_dir}; {_STALE_LIST}",
+                count=len(stale),
+            )
         frames = []
         for position, xml_name in enumerate(frame_lists[video_dir]):
             progress.update(1)
@@ -309,11 +390,21 @@ def read_vid_split(
             except ValueError:
                 policy.problem("frame", "annotation name is not a frame number", str(xml_path))
                 continue
+            if listed_frames and frame_id not in listed_frames.get(video_name, ()):
+                policy.problem(
+                    "frame",
+                    "in the split but not listed in VID_val_frames.txt",
+                    str(val_frames_list),
+                    f"{video_name}/{frame_id:06d} ({xml_path}) has no global index; {_STALE_LIST}",
+                )
+                continue
             image_path = data_dir / f"{stem}.JPEG"
             if image_path.name not in images:
                 policy.problem("frame", "missing image", str(image_path), f"annotated by {xml_path}")
                 continue
-            parsed = parse_annotation(xml_path, class_to_index=class_to_index, policy=policy)
+            parsed = parse_annotation(
+                xml_path, class_to_index=class_to_index, policy=policy, track_ids_required=True
+            )
             if parsed is None:
                 continue
             frame = _frame_record(parsed, video=video_name, frame_id=frame_id, image_path=image_path)

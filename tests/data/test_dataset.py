@@ -308,3 +308,33 @@ def test_flow_is_loaded_once_per_video(val_videos):
         oracle_flow_for(val_videos[0], ref, np.array([0, len(val_videos[0]) - 1]), 32)
     info = load_flow.cache_info()
     assert (info.misses, info.hits) == (1, len(val_videos[0]) - 1)
+
+
+def test_train_list_naming_a_missing_video(tiny_synthvid, tmp_path, caplog):
+    from harness.data import imagesets
+
+    every10 = imagesets.read_train_frames(tiny_synthvid / "ImageSets" / "VID_train_every10frames.txt")
+    ghost = "train/SYNTHVID_train_0009/synthvid_train_00009{}"
+    ghosts = [imagesets.TrainFrameEntry(ghost.format(i), 0, 12) for i in range(3)]
+    path = tmp_path / "with_ghosts.txt"
+    imagesets.write_train_frames(every10[:2] + ghosts + every10[2:], path)
+    data = DataConfig(root=str(tiny_synthvid), train_list=str(path))
+    missing = rf"{path}: listed video not in the split \(3 listed frame\(s\) of 3 video\(s\) not in split"
+    with pytest.raises(DataError, match=missing + r".*synthvid_train_000090.*synthvid_train_000091"):
+        build_dataset(data, "train", phase=2, seed=0)
+    skipping = DataConfig(root=str(tiny_synthvid), train_list=str(path), on_bad_input="skip")
+    with caplog.at_level("WARNING"):
+        dataset = build_dataset(skipping, "train", phase=2, seed=0)
+    assert len(dataset) == len(every10)  # the listed frames that exist, and nothing else
+    assert "skipped 3 item(s)" in caplog.text and "frame: listed video not in the split" in caplog.text
+
+
+def test_train_list_naming_a_missing_frame(tiny_synthvid, tmp_path):
+    from harness.data import imagesets
+
+    path = tmp_path / "too_far.txt"
+    imagesets.write_train_frames(
+        [imagesets.TrainFrameEntry("train/SYNTHVID_train_0000/synthvid_train_000000", 12, 13)], path
+    )
+    with pytest.raises(DataError, match=rf"{path}: .*synthvid_train_000000/000012"):
+        build_dataset(DataConfig(root=str(tiny_synthvid), train_list=str(path)), "train", phase=2, seed=0)

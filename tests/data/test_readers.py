@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,336 @@ def test_cocovid_bad_input(tiny_synthvid, tmp_path):
     path.write_text("{not json")
     with pytest.raises(DataError, match="malformed JSON"):
         read_cocovid(path, image_root=tiny_synthvid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Silently wrong labels and unnamed errors (issue 14, section 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def val_xml(root: Path, video: int = 0, frame: int = 0) -> Path:
+    return root / "Annotations" / "VID" / "val" / f"synthvid_val_{video:06d}" / f"{frame:06d}.xml"
+
+
+def test_vid_object_without_trackid(tiny_copy):
+    xml = val_xml(tiny_copy)  # three objects, track ids 0, 1, 2
+    text = xml.read_text()
+    assert text.count("<trackid>") == 3
+    xml.write_text(text.replace("<trackid>2</trackid>", "", 1))
+    with pytest.raises(DataError, match=rf"{xml}: object without <trackid>.*object 2"):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"box: object without <trackid>": 1}
+    assert videos[0].frames[0].track_ids.tolist() == [0, 1]
+    # DET stills carry no track ids: their objects are numbered, as before
+    assert read_det_split(tiny_copy)[0].frames[0].track_ids.tolist() == list(
+        range(read_det_split(tiny_copy)[0].frames[0].num_objects)
+    )
+
+
+def test_vid_duplicate_trackid_in_a_frame(tiny_copy):
+    xml = val_xml(tiny_copy)
+    xml.write_text(xml.read_text().replace("<trackid>2</trackid>", "<trackid>0</trackid>", 1))
+    duplicate = rf"{xml}: duplicate <trackid> in a frame \(object 2 .*<trackid> 0 is also object 0's"
+    with pytest.raises(DataError, match=duplicate):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"box: duplicate <trackid> in a frame": 1}
+    assert videos[0].frames[0].track_ids.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "ten"])
+def test_vid_non_finite_coordinate(tiny_copy, value):
+    xml = val_xml(tiny_copy)
+    xml.write_text(xml.read_text().replace("<xmin>30</xmin>", f"<xmin>{value}</xmin>", 1))
+    with pytest.raises(DataError, match=rf"{xml}: .*<xmin> is not a finite number: '{value}'"):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"box: malformed object": 1}
+    assert videos[0].frames[0].track_ids.tolist() == [1, 2]
+
+
+def test_vid_non_finite_size(tiny_copy):
+    xml = val_xml(tiny_copy)
+    xml.write_text(xml.read_text().replace("<width>64</width>", "<width>inf</width>", 1))
+    with pytest.raises(DataError, match=rf"{xml}: .*<width> is not a finite number"):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"frame: bad <size>": 1}
+
+
+def test_vid_gap_in_frame_numbers(tiny_copy):
+    video = "SYNTHVID_train_0000/synthvid_train_000001"
+    annotation_dir = tiny_copy / "Annotations" / "VID" / "train" / video
+    for frame in (4, 5):
+        (annotation_dir / f"{frame:06d}.xml").unlink()
+        (tiny_copy / "Data" / "VID" / "train" / video / f"{frame:06d}.JPEG").unlink()
+    with pytest.raises(DataError, match=rf"{annotation_dir}: missing from .*numbers 4, 5 are missing"):
+        read_vid_split(tiny_copy, "train")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "train", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"frame: missing from its video (gap in the frame numbers)": 2}
+    assert [f.frame_id for f in videos[1].frames] == [0, 1, 2, 3, *range(6, NUM_FRAMES)]
+
+
+def test_vid_missing_first_frame_is_a_gap(tiny_copy):
+    video = "SYNTHVID_train_0000/synthvid_train_000000"
+    (tiny_copy / "Annotations" / "VID" / "train" / video / "000000.xml").unlink()
+    (tiny_copy / "Data" / "VID" / "train" / video / "000000.JPEG").unlink()
+    with pytest.raises(DataError, match=r"synthvid_train_000000: missing from .*numbers 0 are missing"):
+        read_vid_split(tiny_copy, "train")
+
+
+def val_frames_path(root: Path) -> Path:
+    return root / "ImageSets" / "VID_val_frames.txt"
+
+
+def test_val_frames_duplicate_index(tiny_copy):
+    path = val_frames_path(tiny_copy)
+    lines = path.read_text().splitlines()
+    lines[2] = "val/synthvid_val_000000/000002 2"  # index 2 is line 2's
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:3: global index 2 is already used on line 2"):
+        imagesets.read_val_frames(path)
+    with pytest.raises(DataError, match=rf"{path}:3: global index 2"):  # the reader, before any evaluation
+        read_vid_split(tiny_copy, "val")
+
+
+def test_val_frames_duplicate_frame_and_bad_index(tmp_path):
+    path = tmp_path / "VID_val_frames.txt"
+    path.write_text("val/a/000000 1\nval/a/000001 2\nval/a/000000 3\n")
+    with pytest.raises(DataError, match=rf"{path}:3: frame val/a/000000 is already listed on line 1"):
+        imagesets.read_val_frames(path)
+    path.write_text("val/a/000000 0\n")
+    with pytest.raises(DataError, match=rf"{path}:1: global index 0 must be positive"):
+        imagesets.read_val_frames(path)
+
+
+def test_val_frames_naming_a_frame_not_on_disk(tiny_copy):
+    path = val_frames_path(tiny_copy)
+    with path.open("a") as handle:
+        handle.write(f"val/synthvid_val_000001/{NUM_FRAMES:06d} {2 * NUM_FRAMES + 1}\n")
+    stale = rf"{path}: listed in VID_val_frames.txt but not in the split \(val/synthvid_val_000001/000012: "
+    stale += r".*the list is stale"
+    with pytest.raises(DataError, match=stale):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"frame: listed in VID_val_frames.txt but not in the split": 1}
+    assert [f.global_index for v in videos for f in v.frames] == list(range(1, 2 * NUM_FRAMES + 1))
+
+
+def test_val_frames_missing_a_frame_on_disk(tiny_copy):
+    path = val_frames_path(tiny_copy)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")  # the last frame of the last video is not listed
+    not_listed = rf"{path}: in the split but not listed .*\(val/synthvid_val_000001/000011 .*stale"
+    with pytest.raises(DataError, match=not_listed):
+        read_vid_split(tiny_copy, "val")
+    report = SkipReport()
+    videos = read_vid_split(tiny_copy, "val", on_bad_input="skip", skip_report=report)
+    assert report.counts == {"frame: in the split but not listed in VID_val_frames.txt": 1}
+    assert len(videos[1]) == NUM_FRAMES - 1 and 0 not in [f.global_index for v in videos for f in v.frames]
+    # a split the list does not cover at all keeps global index 0, as before (FGFA lists val only)
+    assert {f.global_index for v in read_vid_split(tiny_copy, "train") for f in v.frames} == {0}
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO-VID: dangling references, missing keys, renumbered instances, duplicate or missing frames
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cocovid_val(tiny_synthvid, tmp_path):
+    """(path, document, image_root) of a COCO-VID file of the tiny val split, to corrupt."""
+    image_root = tiny_synthvid / "Data" / "VID"
+    path = tmp_path / "val.json"
+    write_cocovid(read_vid_split(tiny_synthvid, "val"), path, image_root=image_root)
+    return path, json.loads(path.read_text()), image_root
+
+
+def write_json(path: Path, document: dict) -> None:
+    path.write_text(json.dumps(document))
+
+
+def read_both_ways(path: Path, image_root: Path, match: str):
+    """Assert the default refuses naming ``path`` and ``match``; return (videos, report) under skip."""
+    with pytest.raises(DataError, match=rf"{path}.*{match}"):
+        read_cocovid(path, image_root=image_root)
+    report = SkipReport()
+    videos = read_cocovid(path, image_root=image_root, on_bad_input="skip", skip_report=report)
+    return videos, report
+
+
+def num_boxes(videos) -> int:
+    return sum(f.num_objects for v in videos for f in v.frames)
+
+
+def test_cocovid_dangling_image_id(cocovid_val):
+    path, document, image_root = cocovid_val
+    document["annotations"][3]["image_id"] = 9999
+    write_json(path, document)
+    match = r"\(annotation 4\): dangling image_id \(image_id 9999 is not an image"
+    videos, report = read_both_ways(path, image_root, match)
+    assert report.counts == {"box: dangling image_id": 1}
+    assert num_boxes(videos) == len(document["annotations"]) - 1
+
+
+def test_cocovid_dangling_video_id(cocovid_val):
+    path, document, image_root = cocovid_val
+    document["images"][5]["video_id"] = 77
+    write_json(path, document)
+    match = r"\(image 6, .*\): dangling video_id \(video_id 77 is not a video"
+    videos, report = read_both_ways(path, image_root, match)
+    # the image is skipped; the gap it leaves in its video is counted apart from it
+    assert report.counts == {
+        "frame: dangling video_id": 1,
+        "frame: missing from its video (gap in the frame numbers)": 1,
+    }
+    assert len(videos[0]) == NUM_FRAMES - 1
+
+
+def test_cocovid_annotation_video_id_disagrees_with_its_image(cocovid_val):
+    path, document, image_root = cocovid_val
+    document["annotations"][0]["video_id"] = 2  # its image belongs to video 1
+    write_json(path, document)
+    match = r"\(annotation 1\): .*video_id 2 but its image 1 is in video 1"
+    _, report = read_both_ways(path, image_root, match)
+    assert report.counts == {"box: video_id disagrees with its image": 1}
+
+
+def test_cocovid_without_instance_id(cocovid_val):
+    path, document, image_root = cocovid_val
+    del document["annotations"][2]["instance_id"]
+    write_json(path, document)
+    videos, report = read_both_ways(path, image_root, r"\(annotation 3\): missing key 'instance_id'")
+    assert report.counts == {"box: missing key 'instance_id'": 1}
+    assert num_boxes(videos) == len(document["annotations"]) - 1
+
+
+def test_cocovid_duplicate_instance_id_in_a_frame(cocovid_val):
+    path, document, image_root = cocovid_val
+    first, second = [a for a in document["annotations"] if a["image_id"] == 1][:2]
+    second["instance_id"] = first["instance_id"]
+    write_json(path, document)
+    _, report = read_both_ways(path, image_root, rf"\(annotation {second['id']}\): duplicate instance_id")
+    assert report.counts == {"box: duplicate instance_id in a frame": 1}
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("annotations", "bbox"),
+        ("annotations", "image_id"),
+        ("annotations", "category_id"),
+        ("images", "width"),
+        ("images", "height"),
+        ("images", "frame_id"),
+        ("images", "file_name"),
+        ("images", "video_id"),
+        ("images", "id"),
+    ],
+)
+def test_cocovid_missing_key(cocovid_val, section, key):
+    path, document, image_root = cocovid_val
+    del document[section][3][key]
+    write_json(path, document)
+    videos, report = read_both_ways(path, image_root, rf"missing key '{key}'")
+    kind = "box" if section == "annotations" else "frame"
+    assert report.counts[f"{kind}: missing key {key!r}"] == 1
+    if section == "images":  # the image and its boxes are left out (and the gap it leaves is counted)
+        assert sum(len(v) for v in videos) == len(document["images"]) - 1
+    else:
+        assert num_boxes(videos) == len(document["annotations"]) - 1
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3], "1 2 3 4", [1, 2, float("nan"), 4], [1, "x", 3, 4]])
+def test_cocovid_malformed_bbox(cocovid_val, bbox):
+    path, document, image_root = cocovid_val
+    document["annotations"][0]["bbox"] = bbox
+    write_json(path, document)
+    match = r"\(annotation 1\): malformed bbox \(bbox must be 4 finite numbers"
+    _, report = read_both_ways(path, image_root, match)
+    assert report.counts == {"box: malformed bbox": 1}
+
+
+def test_cocovid_missing_video_key(cocovid_val):
+    path, document, image_root = cocovid_val
+    del document["videos"][1]["name"]
+    write_json(path, document)
+    videos, report = read_both_ways(path, image_root, r"\(video 2\): missing key 'name'")
+    assert [v.name for v in videos] == ["val/synthvid_val_000000"]
+    assert report.counts == {"video: missing key 'name'": 1}  # its images and boxes go with it
+
+
+def test_cocovid_duplicate_frame_id(cocovid_val):
+    path, document, image_root = cocovid_val
+    copy = dict(document["images"][4], id=10_000, global_index=10_000)  # frame 4 of video 1, again
+    document["images"].append(copy)
+    write_json(path, document)
+    videos, report = read_both_ways(
+        path,
+        image_root,
+        (r"\(image 10000, .*\): duplicate frame_id \(duplicate frame_id 4 in video 1, also image 5"),
+    )
+    assert report.counts == {"frame: duplicate frame_id": 1}
+    assert [f.frame_id for f in videos[0].frames] == list(range(NUM_FRAMES))
+
+
+def test_cocovid_duplicate_ids(cocovid_val):
+    path, document, image_root = cocovid_val
+    document["images"][1]["id"] = document["images"][0]["id"]
+    write_json(path, document)
+    with pytest.raises(DataError, match=rf"{path}: image id 1 is used twice"):
+        read_cocovid(path, image_root=image_root)
+    document["images"][1]["id"] = 2
+    document["videos"][1]["id"] = 1
+    write_json(path, document)
+    with pytest.raises(DataError, match=rf"{path}: video id 1 is used twice"):
+        read_cocovid(path, image_root=image_root)
+
+
+def test_cocovid_duplicate_global_index(cocovid_val):
+    path, document, image_root = cocovid_val
+    document["images"][7]["global_index"] = 3
+    write_json(path, document)
+    match = rf"{path} \(image 8, .*\): duplicate global_index \(global_index 3 is also image 3's"
+    with pytest.raises(DataError, match=match):
+        read_cocovid(path, image_root=image_root)
+
+
+def test_cocovid_gap_in_frame_numbers(cocovid_val):
+    path, document, image_root = cocovid_val
+    (gone,) = [i["id"] for i in document["images"] if (i["video_id"], i["frame_id"]) == (2, 6)]
+    document["images"] = [i for i in document["images"] if i["id"] != gone]
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] != gone]
+    write_json(path, document)
+    gap = r"\(video 2 val/synthvid_val_000001\): missing from .* \(frame numbers 6 are missing"
+    videos, report = read_both_ways(path, image_root, gap)
+    assert report.counts == {"frame: missing from its video (gap in the frame numbers)": 1}
+    assert 6 not in [f.frame_id for f in videos[1].frames] and len(videos[1]) == NUM_FRAMES - 1
+
+
+def test_cocovid_missing_category_key(cocovid_val):
+    path, document, image_root = cocovid_val
+    del document["categories"][0]["id"]
+    write_json(path, document)
+    with pytest.raises(DataError, match=rf"{path}: category 1: missing key 'id'"):
+        read_cocovid(path, image_root=image_root)
+
+
+def test_cocovid_train_frames_dangling_video_id(cocovid_val, tmp_path):
+    from harness.data.cocovid import read_cocovid_train_frames
+
+    path, document, _ = cocovid_val
+    for image in document["images"]:
+        image["is_vid_train_frame"] = image["frame_id"] == 0
+    document["images"][0]["video_id"] = 77
+    write_json(path, document)
+    with pytest.raises(DataError, match=rf"{path} \(image 1, .*\): dangling video_id \(video_id 77 is not"):
+        read_cocovid_train_frames(path)
+    assert read_cocovid_train_frames(path, on_bad_input="skip") == [("val/synthvid_val_000001", 0)]

@@ -152,3 +152,110 @@ def test_changed_knobs_regenerate(tiny_synthvid, tmp_path, monkeypatch):
     ensure_synthvid("tiny", seed=0, data_dir=tmp_path, progress=False)
     meta = json.loads((root / "synthvid.json").read_text())
     assert meta["config"]["noise_sigma"] == [10.0, 20.0]
+
+
+# A generation that stops for good after its second video, having written a flag file: the test kills it
+# there (kill -9 leaves its temporary folder behind) or lets it live (another process writing right now).
+_STALLED_GENERATION = """
+import sys, time
+from pathlib import Path
+import harness.data.synthvid.generate as generate
+from harness.data.synthvid import ensure_synthvid
+
+render = generate._generate_one
+
+def stalled(job):
+    summary = render(job)
+    if job.index == 1:
+        Path(sys.argv[2]).write_text("writing")
+        time.sleep(600)
+    return summary
+
+generate._generate_one = stalled
+ensure_synthvid("tiny", seed=7, data_dir=sys.argv[1], progress=False)
+"""
+
+
+def _start_stalled_generation(data_dir: Path, flag: Path):
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-c", _STALLED_GENERATION, str(data_dir), str(flag)]
+    process = subprocess.Popen(command, cwd=repo)
+    deadline = time.monotonic() + 120
+    while not flag.is_file():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"the stalled generation ended early (exit code {process.poll()})")
+        time.sleep(0.05)
+    return process
+
+
+def _temporaries(data_dir: Path, name: str = "synthvid-tiny-s7") -> list[str]:
+    return sorted(p.name for p in data_dir.glob(f".{name}.tmp-*"))
+
+
+def test_killed_generation_is_cleaned_up_on_the_next_run(tmp_path):
+    data_dir = tmp_path / "data"
+    process = _start_stalled_generation(data_dir, tmp_path / "flag")
+    staging = data_dir / f".synthvid-tiny-s7.tmp-{process.pid}"
+    assert staging.is_dir() and (staging / "Data").is_dir()
+    process.kill()  # SIGKILL: no cleanup code of its own runs
+    process.wait()
+    assert staging.is_dir()
+    root = ensure_synthvid("tiny", seed=7, data_dir=data_dir, progress=False)
+    assert (root / COMPLETE_MARKER).is_file()
+    assert _temporaries(data_dir) == []
+
+
+def test_live_generation_keeps_its_temporary_folder(tmp_path):
+    data_dir = tmp_path / "data"
+    process = _start_stalled_generation(data_dir, tmp_path / "flag")
+    try:
+        writing = f".synthvid-tiny-s7.tmp-{process.pid}"
+        # another process finishing the same dataset meanwhile leaves the live writer's folder alone
+        root = ensure_synthvid("tiny", seed=7, data_dir=data_dir, progress=False)
+        assert (root / COMPLETE_MARKER).is_file()
+        assert writing in _temporaries(data_dir)
+        assert (data_dir / writing / "Data").is_dir()
+    finally:
+        process.kill()
+        process.wait()
+    # once it is dead, the next run (the dataset is complete by now) removes what it left
+    assert ensure_synthvid("tiny", seed=7, data_dir=data_dir, progress=False) == root
+    assert _temporaries(data_dir) == []
+
+
+def test_stale_temporaries_of_other_datasets_are_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead_pid = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    stale = tmp_path / f".synthvid-tiny-s7.tmp-{dead_pid}"  # left by a version without lock files
+    other = tmp_path / f".synthvid-tiny-s7-0123abcd.tmp-{dead_pid}"  # another configuration's
+    unrelated = tmp_path / ".synthvid-tiny-s7.tmp-notapid"
+    for folder in (stale, other, unrelated):
+        (folder / "Data").mkdir(parents=True)
+    ensure_synthvid("tiny", seed=7, data_dir=tmp_path, progress=False)
+    assert not stale.exists() and other.is_dir() and unrelated.is_dir()
+
+
+def test_failed_generation_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import harness.data.synthvid.generate as generate
+
+    def broken(job):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(generate, "_generate_one", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ensure_synthvid("tiny", seed=7, data_dir=tmp_path, progress=False)
+    assert _temporaries(tmp_path) == [] and not (tmp_path / "synthvid-tiny-s7").exists()

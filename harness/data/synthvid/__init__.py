@@ -15,7 +15,12 @@ import shutil
 from pathlib import Path
 
 from harness.data.synthvid.config import PRESETS, SynthVIDConfig, get_preset
-from harness.data.synthvid.generate import COMPLETE_MARKER, GENERATOR_VERSION, generate_synthvid
+from harness.data.synthvid.generate import (
+    COMPLETE_MARKER,
+    GENERATOR_VERSION,
+    generate_synthvid,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "PRESETS",
@@ -76,6 +81,7 @@ def ensure_synthvid(
         name += f"-{digest}"
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     root = root / name
+    remove_stale_temporaries(root)  # left by a killed generation of this dataset, even if it is complete
     if (root / COMPLETE_MARKER).is_file() and _generated_with(root) == _fingerprint(
         GENERATOR_VERSION,
         json.loads(json.dumps(dataclasses.asdict(config))),  # tuples -> lists, as stored

@@ -17,13 +17,16 @@ byte-identical images, annotations and flow. Output (under ``root``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,17 +238,112 @@ def _bucket_shares(values: list[float]) -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# The temporary folder a generation writes into, and its clean-up after a killed run
+# ---------------------------------------------------------------------------------------------
+#
+# A generation of <parent>/<name> writes <parent>/.<name>.tmp-<pid> and holds an exclusive flock on
+# <parent>/.<name>.tmp-<pid>.lock while it does (its pool workers inherit the lock). A temporary folder
+# is stale, and removed by the next generation of the same dataset, only when its lock can be taken
+# and the process named by <pid> is gone: a killed run releases its lock, a live one (or its orphaned
+# workers still writing) never does.
+
+
+def _staging_path(root: Path, pid: int) -> Path:
+    return root.parent / f".{root.name}.tmp-{pid}"
+
+
+def _lock_path(staging: Path) -> Path:
+    return staging.with_name(staging.name + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing); yields False, holding nothing,
+    when ``wait`` is False and another process holds it. The file is removed on release. After taking
+    the lock the path must still name the locked file (another process may have removed it meanwhile),
+    else it is opened again."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: only the pid check protects a live generation
+        yield True
+        return
+    while True:
+        handle = lock_path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            yield False
+            return
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        yield True
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
+
+
+def remove_stale_temporaries(root: str | Path) -> list[Path]:
+    """Remove the temporary folders killed generations of ``root`` left behind; return those removed.
+
+    Only folders of this very dataset (``.<root name>.tmp-<pid>``) whose writer is gone are removed; a
+    folder another live process is writing right now is left alone.
+    """
+    root = Path(root)
+    prefix = f".{root.name}.tmp-"
+    removed = []
+    for staging in sorted(root.parent.glob(glob.escape(prefix) + "*")):
+        pid = staging.name[len(prefix) :]
+        if not pid.isdigit() or not staging.is_dir() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        with _locked(_lock_path(staging), wait=False) as free:
+            if free:
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
+    return removed
+
+
 def generate_synthvid(root: str | Path, config: SynthVIDConfig, seed: int, *, progress: bool = True) -> dict:
     """Write a complete SynthVID dataset to ``root`` (which must not exist) and return its summary.
 
-    The dataset is built in a temporary sibling folder, marked complete (``.complete``, written last)
-    and renamed into place, so an interrupted run never leaves a half-written ``root``.
+    The dataset is built in a temporary sibling folder ``.<name>.tmp-<pid>``, marked complete
+    (``.complete``, written last) and renamed into place, so an interrupted run never leaves a
+    half-written ``root``; the temporary folder of a killed run is removed by the next one
+    (:func:`remove_stale_temporaries`).
     """
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists")
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
+    staging = _staging_path(root, os.getpid())
+    with _locked(_lock_path(staging), wait=True):
+        try:
+            return _generate_into(staging, root, config, seed, progress=progress)
+        finally:  # an exception or Ctrl-C: nothing to keep (a kill -9 is cleaned up by the next run)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _generate_into(staging: Path, root: Path, config: SynthVIDConfig, seed: int, *, progress: bool) -> dict:
+    """Write the dataset into ``staging`` and rename it to ``root`` (see :func:`generate_synthvid`)."""
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process that had the same pid
     staging.mkdir(parents=True)
     started = time.perf_counter()
     jobs = [
