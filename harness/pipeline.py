@@ -114,6 +114,8 @@ def train_shared_phase1(run: RunConfig, *, runs_root: Path, progress: bool = Tru
         return final
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive(folder / ".lock", waiting=f"phase 1 {folder.name}"):
+        if is_complete(folder, identity) and final.exists():  # trained by another process meanwhile
+            return final
         start_run(folder, identity)
         seed_everything(phase_seed(run, 1) + PHASE_SEED_STRIDE)
         model = build_model(run, phase=1)
