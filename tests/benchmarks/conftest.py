@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -115,3 +117,79 @@ def timed(benchmark) -> Callable[[Callable[[], object]], object]:
         return benchmark.pedantic(function, rounds=ROUNDS, warmup_rounds=1, iterations=1)
 
     return run
+
+
+# --- training-step benchmarks (test_bench_train.py) ------------------------------------------------
+
+MATMUL_SIZE = 2048  # the dense-matmul reference: (2048, 2048) @ (2048, 2048) float32
+
+
+def time_dense_matmul(*, size: int = MATMUL_SIZE, repeats: int = 5) -> list[float]:
+    """Seconds of ``repeats`` float32 ``(size, size) @ (size, size)`` matmuls (after one untimed call),
+    at the current ``torch.get_num_threads()``. FLOPs of one: ``2 * size**3``."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(size, size, generator=generator)
+    right = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    torch.mm(left, right, out=out)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(left, right, out=out)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """``median``, ``q1``, ``q3`` (quartiles), ``min``, ``max`` and ``n`` of ``values``."""
+    if not values:
+        raise ValueError("spread of an empty sequence")
+    q1, median, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return dict(
+        median=float(median), q1=float(q1), q3=float(q3), min=min(values), max=max(values), n=len(values)
+    )
+
+
+@pytest.fixture(scope="session")
+def matmul_reference() -> dict[str, float]:
+    """This machine's dense-matmul GFLOP/s, measured once per session at the default thread count:
+    ``gflops`` (median of 10), ``gflops_q1``/``gflops_q3`` (quartiles), ``threads``, ``size``."""
+    seconds = time_dense_matmul(repeats=10)
+    flops = 2 * MATMUL_SIZE**3
+    timing = spread(seconds)
+    return dict(
+        gflops=flops / timing["median"] / 1e9,
+        gflops_q1=flops / timing["q3"] / 1e9,  # the slower quartile of the time is the lower rate
+        gflops_q3=flops / timing["q1"] / 1e9,
+        threads=torch.get_num_threads(),
+        size=MATMUL_SIZE,
+    )
+
+
+_SUMMARY_LINES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def bench_summary(request) -> Callable[[str], None]:
+    """``bench_summary(line)``: print ``line`` in the terminal summary (a test's own stdout is captured).
+    Under pytest-xdist the lines stay in the worker; ``nox -s bench`` runs without xdist."""
+    return request.config.stash.setdefault(_SUMMARY_LINES, []).append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_SUMMARY_LINES, [])
+    if lines:
+        terminalreporter.section("training-step benchmarks (tests/benchmarks/test_bench_train.py)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), else ``platform.processor()``."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
