@@ -101,3 +101,18 @@ def test_train_command_refuses_a_method_without_supports_before_training(tmp_pat
     with pytest.raises(SystemExit, match="phase2.steps: expected int"):
         main(["train", "--runs", str(tmp_path), "--set", "phase2.steps=abc"])
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_cli_errors_are_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    def broken(args):
+        raise FileNotFoundError(f"{tmp_path}/ablation.json is missing")
+
+    monkeypatch.setattr("harness.cli._report", broken)
+    assert main(["report", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"vodbench report: FileNotFoundError: {tmp_path}/ablation.json is missing"
+    assert err == [f"{expected} (--debug shows the traceback)"]
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "report", "--out", str(tmp_path)])
