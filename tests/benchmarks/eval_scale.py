@@ -5,9 +5,12 @@ Builds a VID-val-sized split in the SynthVID manner (555 videos of about 107 fra
 jittered copies of the ground truth with some wrong classes, plus clutter; 2.97M detections), writes
 the ground truth (pickle) and a devkit detection file once, then runs each protocol in its own
 subprocess and prints, per protocol, the wall time of reading the detection file, of flattening the
-split and of the protocol itself, and the subprocess's peak resident memory (``ru_maxrss``)::
+split and of the protocol itself, the protocol's CPU time (``process_time``: less sensitive to
+other load on the machine than the wall time), the subprocess's peak resident memory
+(``ru_maxrss``) and the 1-minute load average::
 
-    python -m tests.benchmarks.eval_scale [--frames 59422] [--dets-per-frame 50] [--protocols devkit,motion,coco]
+    python -m tests.benchmarks.eval_scale [--frames 59422] [--dets-per-frame 50] \
+        [--protocols devkit,motion,coco] [--data DIR]
 
 It uses only functions that exist since the base commit of issue 14 (9ce7a1f), so the same script
 measures an older checkout: ``PYTHONPATH=<old checkout> python <this file>``.
@@ -93,7 +96,9 @@ def build_detections(videos, *, per_frame: int, seed: int = 1):
         for frame in video.frames:
             n = len(frame.labels)
             copies = np.repeat(frame.boxes.astype(np.float64), 3, axis=0)
-            copies += rng.normal(0, 0.05, copies.shape) * np.repeat(frame.boxes[:, 2:] - frame.boxes[:, :2], 3, 0).repeat(2, 1)
+            copies += rng.normal(0, 0.05, copies.shape) * np.repeat(
+                frame.boxes[:, 2:] - frame.boxes[:, :2], 3, 0
+            ).repeat(2, 1)
             copy_labels = np.repeat(frame.labels, 3)
             wrong = rng.random(len(copy_labels)) < 0.1
             copy_labels[wrong] = rng.integers(0, NUM_CLASSES, wrong.sum())
@@ -106,7 +111,9 @@ def build_detections(videos, *, per_frame: int, seed: int = 1):
             scores = np.concatenate([rng.uniform(0.3, 1.0, 3 * n), rng.uniform(0.0, 0.7, clutter_n)])
             labels = np.concatenate([copy_labels, rng.integers(0, NUM_CLASSES, clutter_n)])
             detections[(frame.video, frame.frame_id)] = FrameDetections(
-                boxes=boxes.astype(np.float32), scores=scores.astype(np.float32), labels=labels.astype(np.int64)
+                boxes=boxes.astype(np.float32),
+                scores=scores.astype(np.float32),
+                labels=labels.astype(np.int64),
             )
     return detections
 
@@ -132,7 +139,7 @@ def worker(protocol: str, data: Path) -> dict:
     del detections
     flatten_s = time.perf_counter() - started
     rss_before = _rss_now_mb()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if protocol == "devkit":
         from harness.eval.devkit import evaluate_voc
 
@@ -151,12 +158,15 @@ def worker(protocol: str, data: Path) -> dict:
     else:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     protocol_s = time.perf_counter() - started
+    protocol_cpu_s = time.process_time() - cpu_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "protocol": protocol,
         "read_s": read_s,
         "flatten_s": flatten_s,
         "protocol_s": protocol_s,
+        "protocol_cpu_s": protocol_cpu_s,
+        "load_average": os.getloadavg()[0],
         "rss_after_gt_mb": rss_loaded,
         "rss_before_protocol_mb": rss_before,
         "peak_rss_mb": peak_mb,
@@ -167,9 +177,15 @@ def worker(protocol: str, data: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=VID_VAL_FRAMES, help="frames in the split (VID val: 59422)")
-    parser.add_argument("--dets-per-frame", type=int, default=50, help="detections per frame (VID-val size: 50)")
-    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated subset of devkit,motion,coco")
+    parser.add_argument(
+        "--frames", type=int, default=VID_VAL_FRAMES, help="frames in the split (VID val: 59422)"
+    )
+    parser.add_argument(
+        "--dets-per-frame", type=int, default=50, help="detections per frame (VID-val size: 50)"
+    )
+    parser.add_argument(
+        "--protocols", default=",".join(PROTOCOLS), help="comma-separated subset of devkit,motion,coco"
+    )
     parser.add_argument("--data", default=None, help="reuse/keep the generated input in this folder")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,12 +209,17 @@ def main() -> None:
         for old in data.glob("input-*.ok"):
             old.unlink()
         marker.write_text("ok\n")
-        print(f"built {args.frames} frames, {lines} detections in {time.perf_counter() - started:.1f} s -> {data}")
+        print(
+            f"built {args.frames} frames, {lines} detections "
+            f"in {time.perf_counter() - started:.1f} s -> {data}"
+        )
     import harness
 
     script = Path(__file__).resolve()
     env = os.environ.copy()  # the workers import the same harness as this process
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(harness.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(harness.__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
     rows = []
     for protocol in args.protocols.split(","):
         command = [sys.executable, str(script), "--worker", protocol, "--data", str(data)]
@@ -207,9 +228,10 @@ def main() -> None:
         rows.append(row)
         print(
             f"{protocol:7s} read {row['read_s']:6.1f} s  flatten {row['flatten_s']:5.1f} s  "
-            f"protocol {row['protocol_s']:6.1f} s  peak RSS {row['peak_rss_mb']:7.0f} MB "
+            f"protocol {row['protocol_s']:6.1f} s (CPU {row['protocol_cpu_s']:6.1f} s)  "
+            f"peak RSS {row['peak_rss_mb']:7.0f} MB "
             f"(before protocol {row['rss_before_protocol_mb']:.0f} MB)  "
-            f"{row['num_detections']} dets  result {row['value']}",
+            f"{row['num_detections']} dets  load {row['load_average']:.1f}  result {row['value']}",
             flush=True,
         )
     print(json.dumps(rows))
