@@ -125,4 +125,3 @@ def evaluate_buckets(
     result["share"] = shares
     result["per_class"] = per_class
     return result
-

@@ -196,3 +196,11 @@ def test_videos_with_different_class_lists_raise():
     b = make_video("b", [make_frame("b", 0)], classes=("cat", "fox"))
     with pytest.raises(ValueError, match="video 'b' has classes"):
         flatten_split([a, b], {}, progress=False)
+
+
+def test_box_with_x2_below_x1_is_a_false_positive():
+    # As in FGFA's vid_eval: the box 5..4.5 is 0.5 px wide with the +1 convention; with the small GT
+    # 0..9 it overlaps 0.5 x 10 = 5 px, IoU 5 / (5 + 100 - 5) = 0.05 < 0.25: an FP (not refused).
+    # Scores: that box 0.9 (FP), the exact box 0.8 (TP): recall 1 at precision 1/2 -> AP 50.
+    videos, dets = _single_class_split([[SMALL]], [[([5, 0, 4.5, 9], 0.9), (SMALL, 0.8)]])
+    assert _ap(videos, dets, "devkit")["map"] == pytest.approx(50.0)
