@@ -213,7 +213,8 @@ def print_result(result: dict, *, console: Console) -> None:
             if with_motion:
                 motion = table.get("motion", {})
                 cells += [_fmt(motion.get(b)) for b in BUCKETS]
-            cells.append("")
+            ranges = table.get("motion", {}).get("ranges", "fgfa")
+            cells.append("" if ranges == "fgfa" else f"motion ranges: {ranges} (vodbench's, not FGFA's)")
         summary.add_row(*cells)
     console.print(summary)
 

@@ -167,3 +167,15 @@ def test_eval_command_on_a_subset_skips_other_videos_lines(vid_root, tmp_path):
     lines = ["1 1 0.9 10 10 59 49", "4 2 0.9 100 20 139 69"]
     result = _run(vid_root, tmp_path, lines, "--max-videos", "1", "--protocol", "fixed", "--strict")
     assert result["num_frames"] == 3 and result["fixed"]["per_class"] == {AIRPLANE: pytest.approx(100 / 3)}
+
+
+def test_partition_motion_ranges_are_labelled(vid_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich would wrap the notes column at 80
+    lines = [f"{i} 1 0.9 10 10 59 49" for i in (1, 2, 3)]
+    default = _run(vid_root, tmp_path, lines, "--protocol", "devkit", "--motion")
+    assert default["meta"]["motion_ranges"] == "fgfa" and default["devkit"]["motion"]["ranges"] == "fgfa"
+    assert "not FGFA" not in capsys.readouterr().out
+    result = _run(vid_root, tmp_path, lines, "--protocol", "devkit", "--motion", "--motion-ranges=partition")
+    assert result["meta"]["motion_ranges"] == "partition"
+    assert result["devkit"]["motion"]["ranges"] == "partition"
+    assert "motion ranges: partition (vodbench's, not FGFA's)" in capsys.readouterr().out
