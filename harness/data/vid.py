@@ -264,8 +264,9 @@ def read_vid_split(
     on_bad_input: OnBadInput = "raise",
     max_videos: int | None = None,
     skip_report: SkipReport | None = None,
+    progress: bool = True,
 ) -> list[VideoRecord]:
-    """Read the videos of one split of a VID-layout root.
+    """Read the videos of one split of a VID-layout root (``progress``: bar from 2000 files on).
 
     Args:
         root: dataset root (holds ``Data/`` and ``Annotations/``).
@@ -343,7 +344,7 @@ def read_vid_split(
         total=num_files,
         desc=f"reading {split} annotations",
         unit="frame",
-        disable=num_files < _PROGRESS_MIN_FILES,
+        disable=not progress or num_files < _PROGRESS_MIN_FILES,
         leave=False,
     )
     videos = []

@@ -6,22 +6,25 @@ Example::
         --protocol all --motion --json results/eval.json
 
 The ground truth is read with :func:`harness.data.vid.read_vid_split`; the detection file maps to
-frames through their global index (``VID_val_frames.txt`` order). The printed tables and the JSON
-name the mAP definition of every number (devkit / fixed / coco).
+frames through their global index (``VID_val_frames.txt`` order). Lines FGFA and the devkit skip
+(a global index not in the image set, class 0) are skipped and counted (``--strict`` refuses
+them); boxes with x2 < x1 are scored as false positives. The printed tables and the JSON name the
+mAP definition of every number (devkit / fixed / coco). Errors are one line (``--debug``: traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from harness.eval.detfile import read_devkit_detections
+from harness.eval.detfile import read_devkit_file
 from harness.eval.evaluate import ALL_PROTOCOLS, evaluate
-from harness.eval.motion import BUCKETS
+from harness.eval.motion import BUCKETS, MOTION_RANGES
 from harness.eval.seqnms import seq_nms
 
 DEFINITIONS = {
@@ -39,7 +42,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--root", required=True, help="VID-layout dataset root (Data/, Annotations/)")
+    parser.add_argument(
+        "--root",
+        required=True,
+        help="VID-layout dataset root (Data/, Annotations/); the parent folder given to `vodbench generate "
+        "--root` works too when it holds one dataset",
+    )
     parser.add_argument("--split", default="val", help="split folder under Annotations/VID (default: val)")
     parser.add_argument(
         "--detections",
@@ -53,6 +61,18 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         help="mAP definition: devkit (ILSVRC/FGFA), fixed (IoU 0.5, MEGA), coco, or all (default)",
     )
     parser.add_argument("--motion", action="store_true", help="add FGFA's slow/medium/fast breakdown")
+    parser.add_argument(
+        "--motion-ranges",
+        choices=MOTION_RANGES,
+        default="fgfa",
+        help="fgfa (default): FGFA's closed ranges, motion IoU 0.9 is slow and medium; partition: "
+        "vodbench's corrected half-open ranges (not comparable with published numbers)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse detection lines FGFA and the devkit skip (unknown global index, class 0)",
+    )
     parser.add_argument(
         "--degradation", action="store_true", help="add the clean/degraded split (SynthVID degradation flags)"
     )
@@ -68,22 +88,75 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         help="evaluate only the first N videos (lines of other videos in the file are skipped)",
     )
     parser.add_argument("--json", default=None, help="write the full result here")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="hide every progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.set_defaults(func=run_eval)
     return parser
 
 
+class EvalInputError(ValueError):
+    """A problem with ``vodbench eval``'s arguments or inputs, reported as one line."""
+
+
+def dataset_root(root: str | Path, split: str) -> tuple[Path, str | None]:
+    """The VID-layout dataset folder ``root`` designates, and a note when it was found below ``root``.
+
+    ``root`` is used as is when it has ``Annotations/``; otherwise the one folder up to two levels
+    below it that has ``Annotations/VID/<split>`` is (``vodbench generate --root`` takes the parent).
+    Raises :class:`EvalInputError` naming ``root`` and the fix otherwise.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EvalInputError(f"--root {root}: no such folder")
+    if (root / "Annotations").is_dir():
+        return root, None
+    pattern = f"Annotations/VID/{split}"
+    found = [*root.glob(f"*/{pattern}"), *root.glob(f"*/*/{pattern}")]
+    below = sorted({p.parent.parent.parent.resolve() for p in found if p.is_dir()})
+    if len(below) == 1:
+        return below[0], f"--root {root} has no Annotations/: using the dataset folder below it, {below[0]}"
+    if below:
+        names = ", ".join(str(p) for p in below)
+        raise EvalInputError(
+            f"--root {root} has no Annotations/ but holds several datasets; pass one as --root: {names}"
+        )
+    raise EvalInputError(
+        f"--root {root} has no Annotations/ and no dataset folder below it with Annotations/VID/{split}; "
+        "pass the dataset folder (the one holding Data/ and Annotations/)"
+    )
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    """Run ``vodbench eval`` with parsed ``args``; prints the tables, writes ``--json``; returns 0."""
+    """Run ``vodbench eval``; prints the tables, writes ``--json``; returns 0, or 2 after a one-line error."""
+    try:
+        return _run_eval(args)
+    except (ValueError, KeyError, OSError) as error:  # DataError is a ValueError
+        if getattr(args, "debug", False):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        message = " ".join(str(message).split())  # one line, whatever the message holds
+        print(f"vodbench eval: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from harness.data.vid import read_vid_split
 
     progress = not args.no_progress
     protocols = ALL_PROTOCOLS if args.protocol == "all" else (args.protocol,)
-    videos = read_vid_split(args.root, args.split, image_set=args.image_set, max_videos=args.max_videos)
-    subset = args.max_videos is not None or args.image_set is not None
-    detections = read_devkit_detections(
-        args.detections, videos, on_unknown="skip" if subset else "raise", progress=progress
+    root, note = dataset_root(args.root, args.split)
+    if note:
+        print(f"vodbench eval: {note}", file=sys.stderr)
+    if not Path(args.detections).is_file():
+        raise EvalInputError(f"--detections {args.detections}: no such file")
+    videos = read_vid_split(
+        root, args.split, image_set=args.image_set, max_videos=args.max_videos, progress=progress
     )
+    subset = args.max_videos is not None or args.image_set is not None
+    read = read_devkit_file(args.detections, videos, strict=args.strict, subset=subset, progress=progress)
+    if read.summary():
+        print(f"vodbench eval: {read.summary()}; --strict refuses them", file=sys.stderr)
+    detections = read.detections
     if args.seq_nms:
         detections = seq_nms(videos, detections, rescore=args.seq_nms_rescore, progress=progress)
     result = evaluate(
@@ -93,15 +166,18 @@ def run_eval(args: argparse.Namespace) -> int:
         motion=args.motion,
         degradation=args.degradation,
         progress=progress,
+        motion_ranges=args.motion_ranges,
     )
     result["meta"] = {
-        "root": str(args.root),
+        "root": str(root),
         "split": args.split,
         "detections": str(args.detections),
         "protocols": list(protocols),
         "definitions": {p: DEFINITIONS[p] for p in protocols},
         "seq_nms": {"rescore": args.seq_nms_rescore} if args.seq_nms else None,
         "num_videos": len(videos),
+        "skipped_lines": read.skipped,
+        "motion_ranges": args.motion_ranges if args.motion else None,
     }
     print_result(result, console=Console())
     if args.json:
@@ -137,7 +213,8 @@ def print_result(result: dict, *, console: Console) -> None:
             if with_motion:
                 motion = table.get("motion", {})
                 cells += [_fmt(motion.get(b)) for b in BUCKETS]
-            cells.append("")
+            ranges = table.get("motion", {}).get("ranges", "fgfa")
+            cells.append("" if ranges == "fgfa" else f"motion ranges: {ranges} (vodbench's, not FGFA's)")
         summary.add_row(*cells)
     console.print(summary)
 

@@ -14,8 +14,9 @@ to the lowest index, as in the devkit's ``ov > ovmax`` loop), and VOC all-point 
 The mean is over classes that have ground truth; the others are listed, never averaged as NaN.
 
 The same matcher evaluates one *bucket* of ground truth (motion speed, degradation): GTs outside
-the bucket are ignored, with FGFA's rules for detections near ignored GTs (see
-:func:`match_class`). Matching is vectorised: per class, detections are sorted once, then
+the bucket are ignored, and a detection that matches none is weighted by FGFA's rules
+(``lib/dataset/imagenet_vid_eval_motion.py``, reproduced exactly; see :func:`bucket_fp_weights`
+and docs/evaluation.md). Matching is vectorised: per class, detections are sorted once, then
 processed rank by rank (the k-th best detection of every frame at once), since greedy matching
 is sequential only inside a frame.
 """
@@ -33,6 +34,8 @@ Protocol = Literal["devkit", "fixed"]
 PROTOCOLS: tuple[str, ...] = ("devkit", "fixed")
 DEVKIT_PIXEL_TOLERANCE = 10.0
 DEFAULT_IOU = 0.5
+FGFA_MAX_AREA = 1e5 * 1e5  # FGFA's only area range is [0, 1e10]
+BUCKET_CHUNK = 200_000
 
 
 def pixel_iou(boxes_a: np.ndarray, boxes_b: np.ndarray, *, plus_one: bool = True) -> np.ndarray:
@@ -85,31 +88,32 @@ def match_class(
     det_frame: np.ndarray,
     det_boxes: np.ndarray,
     det_scores: np.ndarray,
-    empty_weight: float = 1.0,
+    unmatched_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy devkit matching of one class's detections to its ground truth over a whole split.
 
     Args:
         gt_frame, gt_boxes, gt_thresholds, gt_ignored: ``(G,)``, ``(G, 4)``, ``(G,)``, bool ``(G,)``.
         det_frame, det_boxes, det_scores: ``(D,)``, ``(D, 4)``, ``(D,)``.
-        empty_weight: false-positive weight of a detection in a frame without ground truth of
-            this class (1 for plain evaluation; the bucket's share of all GTs for a bucket).
+        unmatched_weight: optional float ``(D,)`` (input order): the false-positive weight of each
+            detection should it match no GT (:func:`bucket_fp_weights`); default 1.
 
     Returns:
         ``tp``, ``fp`` float ``(D,)`` in descending score order (ties keep the input order), and
-        the number of positives (non-ignored GTs). A detection matched to an ignored GT is
-        neither TP nor FP (the GT is still used up). An unmatched detection is FP with weight 1
-        when the GT it overlaps most in its frame is in the bucket, 0 when that GT is ignored,
-        and, on a tie (typically no overlap with anything), the frame's share of in-bucket GTs.
+        the number of positives (non-ignored GTs). A detection takes the still unmatched GT of its
+        class and frame with the highest IoU reaching that GT's threshold; on equal IoU the first
+        GT in frame order (FGFA's and the devkit's strict ``ov > ovmax``), ignored or not. Matched
+        to an ignored GT it is neither TP nor FP (the GT is still used up); matched to none it is an
+        FP of weight ``unmatched_weight``.
     """
     order = np.argsort(-det_scores, kind="stable")
     det_frame, det_boxes = det_frame[order], det_boxes[order]
     num_dets = len(order)
     tp = np.zeros(num_dets)
-    fp = np.zeros(num_dets)
+    # Every detection is an FP until it matches.
+    fp = np.ones(num_dets) if unmatched_weight is None else np.asarray(unmatched_weight, float)[order]
     npos = int((~gt_ignored).sum())
     if len(gt_frame) == 0:
-        fp[:] = empty_weight
         return tp, fp, npos
 
     # Ground truth padded per frame that has some: (R, S) slots, S = most GTs in one frame.
@@ -128,13 +132,10 @@ def match_class(
     padded_thr[row_of_gt, slot_of_gt] = gt_thresholds[gt_order]
     valid[row_of_gt, slot_of_gt] = True
     ignored[row_of_gt, slot_of_gt] = gt_ignored[gt_order]
-    in_bucket = valid & ~ignored
-    in_bucket_share = in_bucket.sum(1) / valid.sum(1)
     matched = np.zeros((num_rows, num_slots), bool)
 
     row_pos = np.minimum(np.searchsorted(frames_with_gt, det_frame), num_rows - 1)
     has_gt = frames_with_gt[row_pos] == det_frame
-    fp[~has_gt] = empty_weight
     dets_with_gt = np.flatnonzero(has_gt)  # in score order
     det_rows = row_pos[dets_with_gt]
     rank = _within_group_rank(det_rows)
@@ -144,27 +145,70 @@ def match_class(
     for chunk in np.split(by_rank, rank_bounds):
         dets, rows = dets_with_gt[chunk], det_rows[chunk]
         iou = pixel_iou(det_boxes[dets][:, None, :], padded_boxes[rows])  # (n, 1, 4) x (n, S, 4) -> (n, S)
-        iou = np.where(valid[rows], iou, -1.0)
         candidate = valid[rows] & ~matched[rows] & (iou >= padded_thr[rows])
-        candidate_iou = np.where(candidate, iou, -np.inf)
-        best = candidate_iou.max(axis=1)
         is_match = candidate.any(axis=1)
-        ties = candidate & (candidate_iou == best[:, None])
-        preferred = ties & ~ignored[rows]  # FGFA: on equal IoU an in-bucket GT wins
-        slot = np.where(preferred.any(axis=1), preferred.argmax(axis=1), ties.argmax(axis=1))
+        # First GT in frame order among the best (argmax returns the first maximum).
+        slot = np.where(candidate, iou, -np.inf).argmax(axis=1)
 
         m_rows, m_slots = rows[is_match], slot[is_match]
         matched[m_rows, m_slots] = True
         tp[dets[is_match]] = (~ignored[m_rows, m_slots]).astype(float)
-
-        unmatched = ~is_match
-        u_rows, u_iou = rows[unmatched], iou[unmatched]
-        best_in = np.where(in_bucket[u_rows], u_iou, -1.0).max(axis=1)
-        best_ignored = np.where(ignored[u_rows], u_iou, -1.0).max(axis=1)
-        fp[dets[unmatched]] = np.where(
-            best_in > best_ignored, 1.0, np.where(best_ignored > best_in, 0.0, in_bucket_share[u_rows])
-        )
+        fp[dets[is_match]] = 0.0
     return tp, fp, npos
+
+
+def bucket_fp_weights(
+    split: EvalSplit, *, gt_ignored: np.ndarray, empty_weight: float, chunk: int = BUCKET_CHUNK
+) -> np.ndarray:
+    """FGFA's false-positive weight ``(D,)`` of each detection of ``split``, should it match no GT.
+
+    FGFA's ``vid_eval_motion`` looks at *every* GT of the detection's frame, whatever its class:
+
+    * the detection's ``+1`` area is outside FGFA's area range ``[0, 1e10]`` (a box with
+      ``x2 < x1 - 1`` on one axis only): 0;
+    * its best IoU with an in-bucket GT is above its best IoU with an ignored GT: 1; below: 0
+      (a missing kind counts as -1; no overlap is IoU 0);
+    * equal (for instance no overlap with a frame holding both kinds): the *ignored* share of
+      the frame's GTs;
+    * the frame has no GT at all: ``empty_weight`` (FGFA: the bucket's share of all GTs).
+
+    Args:
+        split: the evaluated split.
+        gt_ignored: bool ``(G,)``, GTs outside the bucket.
+        empty_weight: weight in frames without any GT.
+        chunk: detections per vectorised block (bounds memory at ``chunk x S`` IoUs).
+    """
+    num_dets = split.det_scores.shape[0]
+    weights = np.full(num_dets, float(empty_weight))
+    boxes = split.det_boxes
+    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    if split.num_gt:
+        # Every GT of the split padded per frame: (F, S) slots, S = most GTs in one frame.
+        per_frame = np.bincount(split.gt_frame, minlength=split.num_frames)
+        gt_order = np.argsort(split.gt_frame, kind="stable")
+        starts = np.r_[0, np.cumsum(per_frame)[:-1]]
+        slot = np.arange(split.num_gt) - np.repeat(starts, per_frame)
+        num_slots = int(per_frame.max())
+        gt_boxes = np.zeros((split.num_frames, num_slots, 4))
+        state = np.zeros((split.num_frames, num_slots), np.int8)  # 0 empty, 1 in bucket, 2 ignored
+        frame_of = split.gt_frame[gt_order]
+        gt_boxes[frame_of, slot] = split.gt_boxes[gt_order]
+        state[frame_of, slot] = np.where(gt_ignored[gt_order], 2, 1)
+        ignored_share = (state == 2).sum(1) / np.maximum(per_frame, 1)
+        for start in range(0, num_dets, chunk):
+            stop = min(start + chunk, num_dets)
+            frames = split.det_frame[start:stop]
+            has_gt = per_frame[frames] > 0
+            iou = pixel_iou(boxes[start:stop, None, :], gt_boxes[frames])  # (n, 1, 4) x (n, S, 4) -> (n, S)
+            frame_state = state[frames]
+            best_in = np.where(frame_state == 1, iou, -1.0).max(axis=1)
+            best_ignored = np.where(frame_state == 2, iou, -1.0).max(axis=1)
+            tie = np.where(has_gt, ignored_share[frames], empty_weight)
+            weights[start:stop] = np.where(
+                best_in > best_ignored, 1.0, np.where(best_ignored > best_in, 0.0, tie)
+            )
+    weights[(area < 0) | (area > FGFA_MAX_AREA)] = 0.0
+    return weights
 
 
 def voc_ap(tp: np.ndarray, fp: np.ndarray, npos: int) -> float:
@@ -202,9 +246,9 @@ def evaluate_voc(
     Args:
         split: flattened ground truth and detections.
         protocol: which IoU threshold rule to use.
-        gt_in_bucket: optional bool ``(G,)``; when given only these GTs count (FGFA bucket rules,
-            see :func:`match_class`), and a detection in a frame without GT of its class is an FP
-            of weight ``mean(gt_in_bucket)`` (FGFA's ``empty_weight``: the bucket's share of GTs).
+        gt_in_bucket: optional bool ``(G,)``; when given only these GTs count, and a detection
+            that matches none is weighted by FGFA's rules (:func:`bucket_fp_weights`, with
+            ``empty_weight = mean(gt_in_bucket)``, the bucket's share of all GTs).
 
     Returns:
         ``{"map": float | None, "per_class": {name: ap}, "classes_without_gt": [names]}``; ``map``
@@ -214,12 +258,13 @@ def evaluate_voc(
     thresholds = iou_thresholds(split.gt_boxes, protocol=protocol)
     if gt_in_bucket is None:
         gt_ignored = np.zeros(split.num_gt, bool)
-        empty_weight = 1.0
+        miss_weight = None
     else:
         if gt_in_bucket.shape != (split.num_gt,):
             raise ValueError(f"gt_in_bucket has shape {gt_in_bucket.shape}, expected ({split.num_gt},)")
         gt_ignored = ~gt_in_bucket.astype(bool)
         empty_weight = float(gt_in_bucket.mean()) if split.num_gt else 0.0
+        miss_weight = bucket_fp_weights(split, gt_ignored=gt_ignored, empty_weight=empty_weight)
     gt_order, gt_bounds = _class_slices(split.gt_labels, num_classes)
     det_order, det_bounds = _class_slices(split.det_labels, num_classes)
     per_class, without_gt = {}, []
@@ -237,7 +282,7 @@ def evaluate_voc(
             det_frame=split.det_frame[d],
             det_boxes=split.det_boxes[d],
             det_scores=split.det_scores[d],
-            empty_weight=empty_weight,
+            unmatched_weight=None if miss_weight is None else miss_weight[d],
         )
         if npos == 0:
             without_gt.append(split.classes[c])

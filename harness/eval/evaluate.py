@@ -22,7 +22,7 @@ from harness.eval.coco import evaluate_coco
 from harness.eval.degradation import evaluate_degradation
 from harness.eval.devkit import PROTOCOLS as VOC_PROTOCOLS
 from harness.eval.devkit import evaluate_voc
-from harness.eval.motion import evaluate_buckets, motion_buckets, split_motion_iou
+from harness.eval.motion import MotionRanges, evaluate_buckets, motion_buckets, split_motion_iou
 from harness.eval.split import flatten_split
 
 ALL_PROTOCOLS: tuple[str, ...] = ("devkit", "fixed", "coco")
@@ -36,6 +36,7 @@ def evaluate(
     motion: bool = True,
     degradation: bool = True,
     progress: bool = True,
+    motion_ranges: MotionRanges = "fgfa",
 ) -> dict:
     """Evaluate ``detections`` against the ground truth of ``videos`` under several definitions.
 
@@ -46,12 +47,15 @@ def evaluate(
         protocols: any of ``"devkit"``, ``"fixed"``, ``"coco"``.
         motion: add FGFA's slow/medium/fast breakdown to each VOC-style protocol.
         degradation: add the clean/degraded/per-flag split for each VOC-style protocol.
+        progress: show progress bars.
+        motion_ranges: ``"fgfa"`` (default, FGFA's closed ranges) or ``"partition"`` (vodbench's
+            corrected half-open ranges, never FGFA's numbers); recorded as ``motion["ranges"]``.
 
     Returns:
         A JSON-serialisable dict::
 
             {"devkit": {"map", "per_class", "classes_without_gt", "motion": {"slow", "medium",
-                        "fast", "share", "per_class"}},
+                        "fast", "share", "per_class", "ranges"}},
              "fixed": {...same...},
              "coco": {"ap50", "ap75", "ap50_95", "ap_vs_iou", "per_class_ap50", "classes_without_gt"},
              "degradation": {"devkit": {"clean", "degraded", <flag>..., "share", "per_class"}, ...},
@@ -66,15 +70,17 @@ def evaluate(
     result: dict = {}
     speed_buckets = None
     if motion and any(p in VOC_PROTOCOLS for p in protocols):
-        speed_buckets = motion_buckets(split_motion_iou(videos, split, progress=progress))
+        motion_iou = split_motion_iou(videos, split, progress=progress)
+        speed_buckets = motion_buckets(motion_iou, ranges=motion_ranges)
     for protocol in protocols:
         if protocol in VOC_PROTOCOLS:
             table = evaluate_voc(split, protocol=protocol, progress=progress)
             if speed_buckets is not None:
                 table["motion"] = evaluate_buckets(split, speed_buckets, protocol=protocol, progress=progress)
+                table["motion"]["ranges"] = motion_ranges
             result[protocol] = table
         else:
-            result[protocol] = evaluate_coco(split)
+            result[protocol] = evaluate_coco(split, progress=progress)
     if degradation:
         result["degradation"] = {
             protocol: evaluate_degradation(split, protocol=protocol, progress=progress)

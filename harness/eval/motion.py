@@ -6,22 +6,27 @@ that exist (frame numbers, so a subsampled video uses only the frames it has), e
 FGFA shipped only a precomputed ``.mat`` aligned by position to ``VID_val_frames.txt``, which
 breaks on any subset; this works on any subset and on synthetic data.
 
-Buckets: ``slow`` > 0.9, ``medium`` 0.7 .. 0.9 (both ends inclusive), ``fast`` < 0.7.
+Buckets (FGFA's ``motion_ranges`` in ``lib/dataset/imagenet_vid.py``, closed at both ends):
+``slow`` [0.9, 1.0], ``medium`` [0.7, 0.9], ``fast`` [0.0, 0.7]. A motion IoU of exactly 0.9 is in
+both slow and medium, exactly 0.7 in both medium and fast: the buckets overlap on their edges and
+their shares can sum to more than 1. That is FGFA's script, reproduced by default
+(``ranges="fgfa"``); ``ranges="partition"`` is vodbench's correction (``slow`` > 0.9,
+``medium`` [0.7, 0.9], ``fast`` < 0.7: a partition), labelled as such wherever it is used.
 
 A ground truth whose track has no other box within +-10 frames has no measurable motion; its
-motion IoU is NaN and it is put in ``slow``. Why: nothing was seen moving, exactly like a still
-image whose supports are copies of itself (motion IoU 1), and keeping it in a bucket keeps the
-three buckets a partition of the ground truth (shares sum to 1, bucket positives sum to the
-split's). On ILSVRC VID val such boxes are rare (tracks are annotated densely).
+motion IoU is NaN and it is put in ``slow`` (vodbench's choice: FGFA's precomputed ``.mat`` gives
+no rule for it; nothing was seen moving, like a still image whose supports are copies of itself).
+On ILSVRC VID val such boxes are rare (tracks are annotated densely).
 
-Evaluating one bucket uses FGFA's rules (see :func:`harness.eval.devkit.match_class`): GTs
-outside the bucket are ignored, detections near them are not penalised, and detections in a
-frame without GT of their class count as FP with weight = the bucket's share of all GTs.
+Evaluating one bucket uses FGFA's rules (:func:`harness.eval.devkit.bucket_fp_weights`): GTs
+outside the bucket are ignored, and a detection that matches no GT is weighted by what it
+overlaps most among all GTs of its frame.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -34,6 +39,8 @@ MOTION_RADIUS = 10
 SLOW_ABOVE = 0.9
 FAST_BELOW = 0.7
 BUCKETS: tuple[str, ...] = ("slow", "medium", "fast")
+MotionRanges = Literal["fgfa", "partition"]
+MOTION_RANGES: tuple[str, ...] = ("fgfa", "partition")
 
 
 def motion_iou(
@@ -66,11 +73,23 @@ def motion_iou(
     return result
 
 
-def motion_buckets(motion: np.ndarray) -> dict[str, np.ndarray]:
-    """Bool masks ``(G,)`` per bucket for motion IoUs ``(G,)``; NaN (no neighbour) counts as slow."""
-    slow = (motion > SLOW_ABOVE) | np.isnan(motion)
-    fast = motion < FAST_BELOW
-    medium = ~slow & ~fast
+def motion_buckets(motion: np.ndarray, *, ranges: MotionRanges = "fgfa") -> dict[str, np.ndarray]:
+    """Bool masks ``(G,)`` per bucket for motion IoUs ``(G,)``; NaN (no neighbour) counts as slow.
+
+    ``ranges="fgfa"`` (default): FGFA's closed ranges, 0.9 is slow *and* medium, 0.7 medium *and*
+    fast. ``ranges="partition"`` (vodbench's correction, not FGFA): slow > 0.9, fast < 0.7.
+    """
+    no_motion = np.isnan(motion)
+    if ranges == "fgfa":
+        slow = ((motion >= SLOW_ABOVE) & (motion <= 1.0)) | no_motion
+        medium = (motion >= FAST_BELOW) & (motion <= SLOW_ABOVE)
+        fast = (motion >= 0.0) & (motion <= FAST_BELOW)
+    elif ranges == "partition":
+        slow = (motion > SLOW_ABOVE) | no_motion
+        fast = motion < FAST_BELOW
+        medium = ~slow & ~fast
+    else:
+        raise ValueError(f"unknown motion ranges {ranges!r}; expected one of {MOTION_RANGES}")
     return {"slow": slow, "medium": medium, "fast": fast}
 
 
@@ -106,11 +125,3 @@ def evaluate_buckets(
     result["share"] = shares
     result["per_class"] = per_class
     return result
-
-
-def evaluate_motion(
-    videos: list[VideoRecord], split: EvalSplit, *, protocol: Protocol, progress: bool = True
-) -> dict:
-    """FGFA motion breakdown of ``split`` (built from ``videos``) under ``protocol``."""
-    buckets = motion_buckets(split_motion_iou(videos, split, progress=progress))
-    return evaluate_buckets(split, buckets, protocol=protocol, progress=progress)

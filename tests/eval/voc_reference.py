@@ -1,7 +1,7 @@
 """A deliberately naive, loop-per-detection VOC/devkit evaluator: the independent reference.
 
-Written from the devkit's description (and FGFA's bucket rules), not from harness/eval: plain
-Python floats, one detection at a time, one ground truth at a time.
+Written from the devkit's description and FGFA's ``vid_eval_motion`` rules, not from harness/eval:
+plain Python floats, one frame at a time, one detection at a time, one ground truth at a time.
 """
 
 from __future__ import annotations
@@ -24,55 +24,61 @@ def devkit_threshold(box, protocol: str) -> float:
     return min(0.5, w * h / ((w + 10) * (h + 10)))
 
 
-def reference_ap(gts, dets, *, protocol: str, empty_weight: float = 1.0) -> float | None:
-    """AP in [0, 1] of one class.
+def reference_ap(
+    gts, dets, *, cls: int, protocol: str, bucket_rules: bool, empty_weight: float = 1.0
+) -> float | None:
+    """AP in [0, 1] of class ``cls``, following FGFA's evaluation loops frame by frame.
 
-    gts: list of ``(frame, box, ignored)``; dets: list of ``(frame, box, score)``.
+    gts: list of ``(frame, label, box, ignored)`` of *all* classes, in frame order;
+    dets: list of ``(frame, label, box, score)`` of all classes. ``bucket_rules=False`` is FGFA's
+    ``vid_eval`` (the devkit: every unmatched detection is an FP of weight 1); ``True`` is
+    ``vid_eval_motion`` (unmatched detections weighted by what they overlap, the area range).
     """
-    npos = sum(1 for _, _, ignored in gts if not ignored)
+    npos = sum(1 for _, label, _, ignored in gts if label == cls and not ignored)
     if npos == 0:
         return None
-    by_frame: dict = {}
-    for k, (frame, box, ignored) in enumerate(gts):
-        by_frame.setdefault(frame, []).append((k, box, ignored))
-    used = set()
-    order = sorted(range(len(dets)), key=lambda i: -dets[i][2])
-    tps, fps = [], []
-    for i in order:
-        frame, box, _ = dets[i]
-        candidates = by_frame.get(frame, [])
-        if not candidates:
-            tps.append(0.0)
-            fps.append(empty_weight)
-            continue
-        best_k, best_iou, best_ignored = None, None, None
-        best_in, best_out = -1.0, -1.0
-        for k, gt_box, ignored in candidates:
-            ov = iou_plus_one(box, gt_box)
-            if ignored:
-                best_out = max(best_out, ov)
-            else:
-                best_in = max(best_in, ov)
-            if k in used or ov < devkit_threshold(gt_box, protocol):
-                continue
-            better = best_k is None or ov > best_iou or (ov == best_iou and best_ignored and not ignored)
-            if better:
-                best_k, best_iou, best_ignored = k, ov, ignored
-        if best_k is not None:
-            used.add(best_k)
-            tps.append(0.0 if best_ignored else 1.0)
-            fps.append(0.0)
-        else:
-            tps.append(0.0)
-            if best_in > best_out:
-                fps.append(1.0)
+    gts_of: dict = {}
+    for frame, label, box, ignored in gts:
+        gts_of.setdefault(frame, []).append((label, box, ignored))
+    dets_of: dict = {}
+    for frame, label, box, score in dets:
+        dets_of.setdefault(frame, []).append((label, box, score))
+    scored = []  # (score, tp, fp) of class cls, frame by frame
+    for frame, frame_dets in dets_of.items():
+        frame_gts = gts_of.get(frame, [])
+        used = [False] * len(frame_gts)
+        for label, box, score in sorted(frame_dets, key=lambda d: -d[2]):
+            best_k, best_ov, best_in, best_out = None, -1.0, -1.0, -1.0
+            for k, (gt_label, gt_box, ignored) in enumerate(frame_gts):
+                ov = iou_plus_one(box, gt_box)
+                thr = devkit_threshold(gt_box, protocol)
+                if gt_label == label and not used[k] and ov >= thr and ov > best_ov:
+                    best_k, best_ov = k, ov
+                if ignored:
+                    best_out = max(best_out, ov)
+                else:
+                    best_in = max(best_in, ov)
+            if best_k is not None:
+                used[best_k] = True
+                tp, fp = (0.0 if frame_gts[best_k][2] else 1.0), 0.0
+            elif not bucket_rules:
+                tp, fp = 0.0, 1.0
+            elif (box[2] - box[0] + 1) * (box[3] - box[1] + 1) < 0:
+                tp, fp = 0.0, 0.0
+            elif best_in > best_out:
+                tp, fp = 0.0, 1.0
             elif best_out > best_in:
-                fps.append(0.0)
+                tp, fp = 0.0, 0.0
+            elif not frame_gts:
+                tp, fp = 0.0, empty_weight
             else:
-                fps.append(sum(1 for c in candidates if not c[2]) / len(candidates))
+                tp, fp = 0.0, sum(1 for g in frame_gts if g[2]) / len(frame_gts)
+            if label == cls:
+                scored.append((score, tp, fp))
+    scored.sort(key=lambda x: -x[0])
     # VOC all-point AP.
     recalls, precisions, tp_sum, fp_sum = [], [], 0.0, 0.0
-    for tp, fp in zip(tps, fps, strict=True):
+    for _, tp, fp in scored:
         tp_sum += tp
         fp_sum += fp
         recalls.append(tp_sum / npos)
