@@ -53,6 +53,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from harness.measure import scope
+
 # ---------------------------------------------------------------------------------------------
 # Data passed between detector and method parts
 # ---------------------------------------------------------------------------------------------
@@ -215,14 +217,16 @@ class WindowAggregator(TemporalAggregator):
         ctx.validate()
         if ctx.num_supports == 0:
             return AggregationOutput({"main": ctx.reference}, {})
-        aligned = self.alignment(ctx)
+        with scope("alignment"):
+            aligned = self.alignment(ctx)
         if aligned.features.shape != ctx.supports.shape:
             raise RuntimeError(
                 f"alignment {type(self.alignment).__name__} returned {tuple(aligned.features.shape)}, "
                 f"expected {tuple(ctx.supports.shape)}"
             )
         reference = ctx.reference if aligned.reference is None else aligned.reference
-        fused = self.fusion(reference, aligned.features, ctx.valid)
+        with scope("fusion"):
+            fused = self.fusion(reference, aligned.features, ctx.valid)
         aux = dict(aligned.aux)
         if fused.weights is not None:
             aux["fusion_weights"] = fused.weights

@@ -264,15 +264,13 @@ def evaluate_checkpoint(
     # measurement -----------------------------------------------------------------------------
     measurement: dict[str, Any] = {}
     if run.eval.measure:
-        from harness.infer import plan_supports
-        from harness.measure import measure
+        from harness.measure import measure, support_offsets
 
-        num_supports = plan_supports(max(len(v) for v in videos), run.data.test_support)[0].shape[1]
+        # the window of the longest video's middle frame: the offsets a method sees at inference
+        offsets = support_offsets(run.data.test_support, num_frames=max(len(v) for v in videos))
         device = resolve_device(run.device)
         detector = load_trained(run, checkpoint, device)
-        measurement = measure(
-            detector, image_size=run.data.image_size, num_supports=num_supports, device=device
-        )
+        measurement = measure(detector, image_size=run.data.image_size, offsets=offsets, device=device)
         write_json(folder / "measure.json", measurement)
 
     row: dict[str, Any] = {
@@ -283,13 +281,10 @@ def evaluate_checkpoint(
         "train_seconds": _train_seconds(read_metrics(training_folder)),
     }
     row.update(flatten_metrics(evaluation))
-    row.update(
-        {
-            k: v
-            for k, v in flatten_metrics(measurement).items()
-            if k.split("_")[0] in ("fps", "params", "flops", "seconds", "num")
-        }
-    )
+    if measurement:
+        from harness.measure import summary_row
+
+        row.update(summary_row(measurement))
     write_json(folder / "result.json", row)
     mark_done(folder)
     return read_json(folder / "result.json")  # exactly what a later call reads back

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext, build_aggregator
+from harness.measure import scope
 from harness.model.backbone import ResNetBackbone
 from harness.model.head import FCOSHead
 
@@ -61,10 +62,12 @@ class VideoDetector(nn.Module):
     def feature_stride(self) -> int:
         return self.backbone.feature_stride
 
+    @scope("backbone")
     def extract(self, images: Tensor) -> Tensor:
         """uint8 images ``(N, 3, S, S)`` -> backbone features ``(N, C, S/8, S/8)``."""
         return self.backbone(images)
 
+    @scope("aggregation")
     def aggregate(
         self,
         reference_feats: Tensor,
@@ -165,18 +168,22 @@ class VideoDetector(nn.Module):
         Several streams: candidates after each head's own NMS are concatenated and fused by
         class-wise NMS at ``box_fusion_iou`` (SSVD's late fusion).
         """
-        per_stream = [
-            head.predict(head(agg_out.streams[name]), image_size) for name, head in self.heads.items()
-        ]
+        per_stream = []
+        for name, head in self.heads.items():
+            with scope("head"):
+                raw = head(agg_out.streams[name])
+            with scope("postprocess"):
+                per_stream.append(head.predict(raw, image_size))
         if len(per_stream) == 1:
             return per_stream[0]
         results = []
-        for triples in zip(*per_stream, strict=True):
-            boxes = torch.cat([t[0] for t in triples])
-            scores = torch.cat([t[1] for t in triples])
-            labels = torch.cat([t[2] for t in triples])
-            keep = batched_nms(boxes, scores, labels, self.box_fusion_iou)[: self.max_detections]
-            results.append((boxes[keep], scores[keep], labels[keep]))
+        with scope("postprocess"):
+            for triples in zip(*per_stream, strict=True):
+                boxes = torch.cat([t[0] for t in triples])
+                scores = torch.cat([t[1] for t in triples])
+                labels = torch.cat([t[2] for t in triples])
+                keep = batched_nms(boxes, scores, labels, self.box_fusion_iou)[: self.max_detections]
+                results.append((boxes[keep], scores[keep], labels[keep]))
         return results
 
     def load_phase1(self, checkpoint: Path | str | dict[str, Tensor]) -> list[str]:
