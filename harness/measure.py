@@ -19,12 +19,15 @@ inclusively and records the scope it ran in (``parent``: ``alignment`` and ``fus
 
 How a scope is timed. A scope is timed by ``time.perf_counter`` at entry and exit into a recorder
 held in a ``contextvars.ContextVar`` that only :func:`measure` sets: outside a measurement a scope
-costs one context-variable read, inside it two clock reads (about 0.1 us each), and on CUDA a
-``torch.cuda.synchronize()`` at both ends so the kernels of a part are charged to it. The
-alternative, ``torch.profiler`` around every iteration reading the ``record_function`` events back,
-was not taken: the profiler records every dispatched op (microseconds each), which inflates op-dense
-parts (NMS, sampling kernels) more than convolution-dense ones and so distorts exactly the ratios the
-runtime tables compare, and starting/stopping it per iteration costs milliseconds. The scopes are
+costs a context-variable read and a profiler check (~1 us per scope on the 2-core CPU machine),
+inside it ~5 us of bookkeeping (a few scopes per frame: well under 1% of a frame of the 128 px
+detector), mostly outside the clock reads, and on CUDA a ``torch.cuda.synchronize()`` at both ends
+so the kernels of a part are charged to it. The alternative, ``torch.profiler`` around every
+iteration reading the ``record_function`` events back, was not taken: the profiler records every
+dispatched op (microseconds each), which inflates op-dense parts (NMS, sampling kernels) more than
+convolution-dense ones and so distorts the ratios the runtime tables compare, and it is slow (a
+128 px identity + cosine-softmax frame at T = 6 took 12-14 ms plain and 42-64 ms with a profiler
+per frame, events read back, one thread). The scopes are
 still visible to the profiler: while one is running (``torch.autograd._profiler_enabled()``), a scope
 also opens ``torch.profiler.record_function("vodbench.<name>")``, so a trace shows the same parts.
 Outside a profiler it does not, since an idle ``record_function`` costs ~10 us per call here.
@@ -94,7 +97,8 @@ class _Recorder:
             return None
         _synchronize(self.device)
         self.stack.append(name)
-        return name, time.perf_counter(), self._flops()
+        flops = self._flops()
+        return name, time.perf_counter(), flops  # the clock is read last on entry, first on exit
 
     def exit(self, token: tuple[str, float, int] | None) -> None:
         if token is None:
