@@ -47,6 +47,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from harness.measure import scope
+
 # ---------------------------------------------------------------------------------------------
 # Data passed between detector and method parts
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +231,8 @@ class WindowAggregator(TemporalAggregator):
         ctx.validate()
         if ctx.num_supports == 0:
             return AggregationOutput({"main": ctx.reference}, {})
-        aligned = self.alignment(ctx)
+        with scope("alignment"):
+            aligned = self.alignment(ctx)
         if aligned.features.shape != ctx.values.shape:
             raise RuntimeError(
                 f"alignment {type(self.alignment).__name__} returned {tuple(aligned.features.shape)}, "
@@ -237,7 +240,8 @@ class WindowAggregator(TemporalAggregator):
             )
         use_aligned_reference = aligned.reference is not None and ctx.support_values is None
         reference = aligned.reference if use_aligned_reference else ctx.reference
-        fused = self.fusion(reference, aligned.features, ctx.valid)
+        with scope("fusion"):
+            fused = self.fusion(reference, aligned.features, ctx.valid)
         aux = dict(aligned.aux)
         if fused.weights is not None:
             aux["fusion_weights"] = fused.weights

@@ -355,13 +355,11 @@ def _evaluate_into(
     started = time.perf_counter()
     measurement: dict[str, Any] = {}
     if run.test.measure:
-        from harness.infer import plan_supports
-        from harness.measure import measure
+        from harness.measure import measure, support_offsets
 
-        num_supports = plan_supports(max(len(v) for v in videos), run.test.support)[0].shape[1]
-        measurement = measure(
-            detector, image_size=run.data.image_size, num_supports=num_supports, device=device
-        )
+        # the window of the longest video's middle frame: the offsets a method sees at inference
+        offsets = support_offsets(run.test.support, num_frames=max(len(v) for v in videos))
+        measurement = measure(detector, image_size=run.data.image_size, offsets=offsets, device=device)
         write_json(folder / "measure.json", measurement)
 
     finite = finite_weights(detector)
@@ -381,13 +379,10 @@ def _evaluate_into(
         "measure_seconds": time.perf_counter() - started,
     }
     row.update(flatten_metrics(evaluation))
-    row.update(
-        {
-            k: v
-            for k, v in flatten_metrics(measurement).items()
-            if k.split("_")[0] in ("fps", "params", "flops", "seconds", "num")
-        }
-    )
+    if measurement:
+        from harness.measure import summary_row
+
+        row.update(summary_row(measurement))
     write_json(folder / "result.json", row)
     mark_done(folder)
     return read_json(folder / "result.json")  # exactly what a later call reads back

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext, build_aggregator
+from harness.measure import scope
 from harness.model.backbone import ResNetBackbone
 from harness.model.head import FCOSHead
 
@@ -65,10 +66,12 @@ class VideoDetector(nn.Module):
     def feature_stride(self) -> int:
         return self.backbone.feature_stride
 
+    @scope("backbone")
     def extract(self, images: Tensor) -> Tensor:
         """uint8 images ``(N, 3, S, S)`` -> backbone features ``(N, C, S/8, S/8)``."""
         return self.backbone(images)
 
+    @scope("aggregation")
     def aggregate(
         self,
         reference_feats: Tensor,
@@ -167,20 +170,25 @@ class VideoDetector(nn.Module):
         thresholded top-k candidates before NMS) are concatenated and fused by class-wise NMS at
         ``box_fusion_iou`` (SSVD's late fusion).
         """
-        if len(self.heads) == 1:
-            name, head = next(iter(self.heads.items()))
-            return head.predict(head(agg_out.streams[name]), image_size)
         per_stream = []
         for name, head in self.heads.items():
-            select = head.predict if self.per_stream_nms else head.candidates
-            per_stream.append(select(head(agg_out.streams[name]), image_size))
+            with scope("head"):
+                raw = head(agg_out.streams[name])
+            with scope("postprocess"):
+                if len(self.heads) == 1 or self.per_stream_nms:
+                    per_stream.append(head.predict(raw, image_size))
+                else:  # one joint NMS below over every stream's thresholded candidates
+                    per_stream.append(head.candidates(raw, image_size))
+        if len(per_stream) == 1:
+            return per_stream[0]
         results = []
-        for triples in zip(*per_stream, strict=True):
-            boxes = torch.cat([t[0] for t in triples])
-            scores = torch.cat([t[1] for t in triples])
-            labels = torch.cat([t[2] for t in triples])
-            keep = batched_nms(boxes, scores, labels, self.box_fusion_iou)[: self.max_detections]
-            results.append((boxes[keep], scores[keep], labels[keep]))
+        with scope("postprocess"):
+            for triples in zip(*per_stream, strict=True):
+                boxes = torch.cat([t[0] for t in triples])
+                scores = torch.cat([t[1] for t in triples])
+                labels = torch.cat([t[2] for t in triples])
+                keep = batched_nms(boxes, scores, labels, self.box_fusion_iou)[: self.max_detections]
+                results.append((boxes[keep], scores[keep], labels[keep]))
         return results
 
     def load_phase1(self, checkpoint: Path | str | dict[str, Tensor]) -> list[str]:
