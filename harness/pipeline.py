@@ -282,8 +282,10 @@ def evaluate_checkpoint(
 
     Written to ``<phase-2 folder>/eval-<hash>/`` (config, env, eval.json, measure.json, result.json,
     DONE). Returns the flat results row: ``train_id`` and ``test_id`` (the phase-2 and test-stage
-    hashes), ``seed``, ``train_seconds`` and the metric columns as :func:`flatten_metrics` names them
-    (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...), Seq-NMS already applied when
+    hashes), ``seed``, ``train_seconds`` (phase 2), the evaluation's stage wall times, the metric columns
+    as :func:`flatten_metrics` names them
+    (``devkit_map``, ``coco_ap50``, ``devkit_motion_fast``, ...) and the measurement's columns
+    (``harness.measure.summary_row``), Seq-NMS already applied when
     ``run.test.seq_nms``. Labels (row and variant names) are the caller's: the folder is shared by
     every study that evaluates the same thing. ``weights_finite`` is False (and a warning is given)
     when the evaluated weights hold NaN/inf. Concurrent callers of one folder evaluate it once.

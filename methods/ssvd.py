@@ -61,6 +61,7 @@ from harness.aggregation import (
     register,
 )
 from harness.config import SupportSpec
+from harness.measure import scope
 from methods._checks import check_channels
 from methods.flow_warp import FlowWarpAlignment
 from methods.ssvd_sampling import SSVDSamplingAlignment
@@ -271,33 +272,37 @@ class SSVDAggregator(TemporalAggregator):
         aux: dict[str, Tensor] = {}
         streams: dict[str, Tensor] = {}
         if self.motion is not None:
-            moved = self.motion(ctx)
-            aux["flow"] = moved.aux["flow"]
-            streams["motion"], aux["motion_fusion_weights"] = self._average(
-                ctx.reference,
-                moved.features,
+            with scope("motion_stream"):  # measured per part by harness.measure
+                moved = self.motion(ctx)
+                aux["flow"] = moved.aux["flow"]
+                streams["motion"], aux["motion_fusion_weights"] = self._average(
+                    ctx.reference,
+                    moved.features,
+                    ctx.valid,
+                    with_reference=with_reference,
+                    fallback=ctx.reference,
+                )
+        with scope("sampling_stream"):
+            sampled = self.sampling.align(ctx, with_reference=with_reference)
+            aux["sampling_offsets"] = sampled.offsets
+            if sampled.flow is not None:
+                aux["flow"] = sampled.flow
+            streams["sampling"], aux["sampling_fusion_weights"] = self._average(
+                sampled.reference,
+                sampled.features,
                 ctx.valid,
                 with_reference=with_reference,
+                logits=sampled.logits,
+                reference_logits=sampled.reference_logits,
                 fallback=ctx.reference,
             )
-        sampled = self.sampling.align(ctx, with_reference=with_reference)
-        aux["sampling_offsets"] = sampled.offsets
-        if sampled.flow is not None:
-            aux["flow"] = sampled.flow
-        streams["sampling"], aux["sampling_fusion_weights"] = self._average(
-            sampled.reference,
-            sampled.features,
-            ctx.valid,
-            with_reference=with_reference,
-            logits=sampled.logits,
-            reference_logits=sampled.reference_logits,
-            fallback=ctx.reference,
-        )
         if self.fusion == "late":
             return AggregationOutput(streams, aux)
         if self.fusion == "early":
-            assert self.reduce is not None
-            # (B, C, H, W) x 2 -> (B, 2C, H, W) -> (B, C, H, W)
-            fused = self.reduce(torch.cat([streams["motion"], streams["sampling"]], dim=1))
+            if self.reduce is None:
+                raise RuntimeError("early fusion needs its reduction conv; it was not built")
+            with scope("fusion"):
+                # (B, C, H, W) x 2 -> (B, 2C, H, W) -> (B, C, H, W)
+                fused = self.reduce(torch.cat([streams["motion"], streams["sampling"]], dim=1))
             return AggregationOutput({"main": fused}, aux)
         return AggregationOutput({"main": streams["sampling"]}, aux)
