@@ -155,6 +155,7 @@ class TrainConfig:
     grad_clip: float = 10.0  # max global gradient norm
     checkpoint_every: int = 200  # steps between resumable checkpoints
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    channels_last: bool = True  # NHWC weights and images: ~7% faster steps on the CPU (bench_train)
     freeze_backbone: bool = False
 
 

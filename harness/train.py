@@ -288,6 +288,8 @@ def train(
     if schedule.freeze_backbone:
         model.backbone.requires_grad_(False)
     model.to(device)
+    if schedule.channels_last and hasattr(model, "use_channels_last"):
+        model.use_channels_last()
     optimizer = build_optimizer(
         model, name=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay
     )
