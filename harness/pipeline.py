@@ -293,13 +293,17 @@ def evaluate_checkpoint(
     runs_root = Path(runs_root)
     folder = evaluation_folder(run, runs_root=runs_root)
     identity = stage_identity(run, "test")
-    if is_complete(folder, identity) and not force and collect is None:
+    if is_complete(folder, identity) and not force:
+        if collect is not None:  # the collector needs the inference; the stored evaluation stands
+            predict_checkpoint(run, checkpoint, runs_root=runs_root, collect=collect, progress=progress)
         return read_json(folder / "result.json")
     if force and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with exclusive(folder / ".lock", waiting=f"evaluation {folder.name}"):
-        if is_complete(folder, identity) and not force and collect is None:  # done by another process
+        if is_complete(folder, identity) and not force:  # done by another process meanwhile
+            if collect is not None:
+                predict_checkpoint(run, checkpoint, runs_root=runs_root, collect=collect, progress=progress)
             return read_json(folder / "result.json")
         return _evaluate_into(
             run,
