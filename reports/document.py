@@ -7,6 +7,7 @@ A report is a list of blocks (headings, paragraphs, tables, figures). The same l
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,13 @@ class Heading:
 @dataclass
 class Paragraph:
     text: str
+
+
+@dataclass
+class Bullets:
+    """A bulleted list; each item is inline text (``code`` spans allowed, as in a paragraph)."""
+
+    items: list[str]
 
 
 @dataclass
@@ -53,6 +61,8 @@ class Document:
                 lines += ["#" * block.level + " " + block.text, ""]
             elif isinstance(block, Paragraph):
                 lines += [block.text, ""]
+            elif isinstance(block, Bullets):
+                lines += [f"- {item}" for item in block.items] + [""]
             elif isinstance(block, Table):
                 if block.caption:
                     lines += [f"*{block.caption}*", ""]
@@ -70,6 +80,7 @@ class Document:
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+            "td{white-space:nowrap}.table-wrap{overflow-x:auto}"
             "img{max-width:100%}.caption{color:#555;font-style:italic}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
         ]
@@ -78,15 +89,19 @@ class Document:
                 parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
             elif isinstance(block, Paragraph):
                 parts.append(f"<p>{_inline_html(block.text)}</p>")
+            elif isinstance(block, Bullets):
+                items = "".join(f"<li>{_inline_html(item)}</li>" for item in block.items)
+                parts.append(f"<ul>{items}</ul>")
             elif isinstance(block, Table):
                 if block.caption:
-                    parts.append(f"<p class='caption'>{html.escape(block.caption)}</p>")
-                parts.append(_format(block).to_html(index=False, border=0, escape=True, na_rep=""))
+                    parts.append(f"<p class='caption'>{_inline_html(block.caption)}</p>")
+                table = _format(block).to_html(index=False, border=0, escape=True, na_rep="")
+                parts.append(f"<div class='table-wrap'>{table}</div>")
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)
                 parts.append(
-                    f"<figure><img src='{html.escape(str(rel))}'><figcaption class='caption'>"
-                    f"{html.escape(block.caption)}</figcaption></figure>"
+                    f"<figure><img src='{html.escape(str(rel))}' alt='{html.escape(block.caption)}'>"
+                    f"<figcaption class='caption'>{_inline_html(block.caption)}</figcaption></figure>"
                 )
         parts.append("</body></html>")
         return "\n".join(parts)
@@ -117,8 +132,17 @@ def _relative(path: Path, folder: Path) -> Path:
         return path
 
 
+_CODE = re.compile(r"(`+)(.+?)\1")
+
+
 def _inline_html(text: str) -> str:
-    """Escape, then render Markdown's `code` spans (the only inline markup the reports use)."""
-    escaped = html.escape(text)
-    pieces = escaped.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+    """Escape, then render Markdown's code spans (the only inline markup the reports use): a span
+    opens with a run of backticks and closes with a run of the same length, so ````a`b```` and
+    ```a``` both work as in CommonMark."""
+    out, last = [], 0
+    for match in _CODE.finditer(text):
+        out.append(html.escape(text[last : match.start()]))
+        out.append(f"<code>{html.escape(match.group(2).strip())}</code>")
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
