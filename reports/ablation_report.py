@@ -211,13 +211,11 @@ def claims_table(assessments: Sequence[Assessment]) -> Table:
 def _sentence(a: Assessment) -> str:
     c, d = a.comparison, a.comparison.digits
     metric = METRIC_LABELS.get(c.metric, c.metric)
-    numbers = f"{c.claim.a} - {c.claim.b} = {_number(a.mean, d)} {c.unit} {_interval(a)} on {metric}"
-    seeds = len(a.per_seed)
+    numbers = f"{c.claim.a} - {c.claim.b} = {_number(a.mean, d)} {c.unit} {_interval(a)}"
+    if c.metric != "devkit_map":
+        numbers += f" on {metric}"
     if a.contradicted:
-        numbers += f", below zero on all {seeds} seeds"
-    elif seeds > 1:
-        above = sum(v > 0 for v in a.per_seed.values())
-        numbers += f", above zero on {above} of {seeds} seeds"
+        numbers += f"; a < b on all {len(a.per_seed)} seeds"
     return f"{c.claim.text}: {a.verdict} ({numbers})"
 
 
@@ -386,6 +384,7 @@ def gain_table(
 # --- cost ---------------------------------------------------------------------------------------
 
 _NOT_PARTS = {"total", "per"}
+PART_ORDER = ("backbone", "alignment", "fusion", "aggregation", "memory", "head", "postprocessing")
 ONE_FRAME = "1 (harness.measure times one frame at a time)"
 
 
@@ -396,7 +395,8 @@ def cost_parts(results: pd.DataFrame) -> list[str]:
         match = re.fullmatch(r"seconds_([a-z]+)", column)
         if match and match.group(1) not in _NOT_PARTS:
             parts.append(match.group(1))
-    return parts
+    known = {p: i for i, p in enumerate(PART_ORDER)}
+    return sorted(parts, key=lambda p: (known.get(p, len(known)), p))
 
 
 def _time_columns(results: pd.DataFrame, part: str) -> tuple[str | None, str | None, str | None]:
@@ -621,6 +621,7 @@ class ReportSpec:
     paper_setup: dict[str, Any] | None = None  # paper_numbers.yaml's ``setup`` of the paper
     deviations: Sequence[tuple[str, str, str]] = ()  # (item, paper, here) the configs cannot tell
     not_reproduced: Sequence[tuple[str, str]] = ()  # (row or figure, why)
+    deviation_note: str = ""  # prose after the deviations table (e.g. the module docstring's paragraph)
     quick: bool = False
 
 
@@ -649,6 +650,8 @@ def build_report(
     rows += [{"item": i, "paper": p, "here": h} for i, p, h in spec.deviations]
     if rows:
         doc.add(Table(pd.DataFrame(rows)))
+    if spec.deviation_note:
+        doc.add(Paragraph(spec.deviation_note))
     if spec.not_reproduced:
         doc.add(Paragraph("Not reproduced:"))
         doc.add(Bullets([f"{item}: {why}" for item, why in spec.not_reproduced]))
@@ -674,7 +677,8 @@ def build_report(
             Figure(
                 path,
                 "Paired differences a - b per claim: dot = mean over seeds, bar = 95% t-interval, "
-                "small marks = individual seeds; dashed line = 0, dotted = the claim's margin or -tolerance",
+                "vertical ticks = individual seeds; dashed line = 0; grey triangle = the claim's margin or -tolerance "
+                "(where not 0); colour = verdict",
             )
         )
     return doc, assessments

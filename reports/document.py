@@ -66,7 +66,9 @@ class Document:
             elif isinstance(block, Table):
                 if block.caption:
                     lines += [f"*{block.caption}*", ""]
-                lines += [_format(block).to_markdown(index=False, disable_numparse=True), ""]
+                cells = _format(block).map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+                cells.columns = [str(c).replace("|", "\\|") for c in cells.columns]
+                lines += [cells.to_markdown(index=False, disable_numparse=True), ""]
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)
                 lines += [f"![{block.caption}]({rel})", "", f"*{block.caption}*" if block.caption else "", ""]

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 
 def line_with_spread(
@@ -47,7 +48,7 @@ def weights_by_offset(
     Bars = mean over seeds, error bars = ±1 sd over seeds, dots = individual seeds; the reference's
     own bar (k = 0) is coloured apart. ``uniform`` (plain averaging, 1/T) and ``floor`` (the smallest
     weight the fusion can give) are drawn as horizontal lines."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ks = sorted(frame["k"].unique())
     stats = frame.groupby("k")["weight"].agg(["mean", "std"]).reindex(ks)
     colours = ["#dd8452" if k == 0 else "#4c72b0" for k in ks]
@@ -69,13 +70,16 @@ def weights_by_offset(
         ax.axhline(uniform, color="#2a7d2a", ls="--", lw=1, label=f"uniform 1/T = {uniform:.3f}")
     if floor is not None:
         ax.axhline(floor, color="#b22222", ls=":", lw=1, label=f"softmax floor = {floor:.4f}")
-    ax.bar([], [], color="#dd8452", label="k = 0: the reference (cosine 1, largest by construction)")
     ax.set_xlabel("support offset k (frames from the reference)")
     ax.set_ylabel("mean fusion weight at object centres")
     ax.set_xticks(ks)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Patch(color="#dd8452", label="k = 0: the reference (cosine 1, largest by construction)"))
+    ax.legend(
+        handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -160,9 +164,7 @@ def forest(assessments, *, path: Path) -> Path:
                 ax.plot([threshold], [y], marker=4, color="#888888", ms=7, ls="none")
         ax.axvline(0, color="#333333", ls="--", lw=0.8)
         ax.set_yticks(range(len(group)))
-        ax.set_yticklabels(
-            [_short(f"{a.comparison.claim.a} - {a.comparison.claim.b}") for a in group], fontsize=7
-        )
+        ax.set_yticklabels([_label(a) for a in group], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(f"paired difference a - b ({unit})")
         ax.grid(axis="x", alpha=0.3)
@@ -181,6 +183,16 @@ def forest(assessments, *, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label(assessment) -> str:
+    """'a - b', plus the metric when it is not devkit mAP@0.5 and the tolerance of a not-worse claim."""
+    claim, metric = assessment.comparison.claim, assessment.comparison.metric
+    text = _short(f"{claim.a} - {claim.b}")
+    extras = [] if metric == "devkit_map" else [metric.replace("degradation_", "").replace("devkit_", "")]
+    if claim.kind == "not_worse":
+        extras.append(f">= -{claim.tolerance:g}")
+    return text + (f" [{', '.join(extras)}]" if extras else "")
 
 
 def _short(text: str, width: int = 58) -> str:
