@@ -602,7 +602,7 @@ def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] 
         rows.append(
             {
                 "item": f"validation subset ({names})",
-                "paper": "ImageNet VID val (555 videos)",
+                "paper": "ImageNet VID val (555 videos)" if paper_setup is not None else "",
                 "here": f"{'all' if videos is None else f'first {videos}'} {base.data.val_split} videos: "
                 f"{size}",
             }
@@ -677,8 +677,8 @@ def build_report(
             Figure(
                 path,
                 "Paired differences a - b per claim: dot = mean over seeds, bar = 95% t-interval, "
-                "vertical ticks = individual seeds; dashed line = 0; grey triangle = the claim's margin or -tolerance "
-                "(where not 0); colour = verdict",
+                "vertical ticks = individual seeds; dashed line = 0; grey triangle = the claim's margin or "
+                "-tolerance (where not 0); colour = verdict",
             )
         )
     return doc, assessments
