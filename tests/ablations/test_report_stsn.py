@@ -1,0 +1,80 @@
+"""The STSN and calibration reports rendered from the kept results tables (docs/results), in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablations import calibration, stsn
+from reports.verdicts import HOLDS
+from tests.reports.html_checks import check_html
+
+KEPT = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    source = KEPT / name / "results.parquet"
+    if not source.is_file():
+        pytest.skip(f"no kept results at {source}")
+    folder = tmp_path / name
+    folder.mkdir()
+    shutil.copy(source, folder / "results.parquet")
+    return folder
+
+
+def _write_weights(folder: Path) -> None:
+    """Fusion weights of three seeds, peaked at k = 0 and decaying with |k| (sum 1 per seed)."""
+    for seed in range(3):
+        raw = {k: 0.04 + 0.03 * math.exp(-abs(k) / 3) + 0.001 * seed * (k == 1) for k in range(-9, 10)}
+        total = sum(raw.values())
+        path = folder / "collected" / f"STSN weights-s{seed}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"mean_weight_by_offset": {str(k): v / total for k, v in raw.items()}}))
+
+
+def test_stsn_report_from_kept_results(tmp_path):
+    folder = _copy("stsn", tmp_path)
+    _write_weights(folder)
+    md = stsn.ABLATION.render(folder).read_text()
+    html = folder / "report.html"
+    images = check_html(html)
+    assert {"fig3_left.png", "stride.png", "fig3_right.png", "forest_paired_differences.png"} <= set(images)
+    results = pd.read_parquet(folder / "results.parquet")
+    # the control rows are absent from this older table: Table 1 and the claims say so
+    for control in stsn.CONTROLS:
+        if control not in set(results["variant"]):
+            assert f"| {control}" in md and "not run: " + control in md
+    assert md.index("What we learned") < md.index("## Deviations from the paper") < md.index("## Table 1")
+    # every comparison gets one row in the claims table, plus the two weight claims
+    claims_section = md.split("## Claims")[1]
+    rows = [line for line in claims_section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) - 1 == len(stsn._comparisons(quick=False)) + 2
+    # Fig. 3 right: k = 0 is left out of "near", and the floor is the softmax's structural minimum
+    floor = 1 / (1 + 18 * math.exp(2))
+    assert f"{floor:.4f}" in md
+    near_row = next(line for line in rows if line.startswith("| nearest supports"))
+    assert "| " + HOLDS in near_row
+    # the paper's number sits beside the same protocol's figure
+    assert "paper (devkit mAP@0.5)" in md
+
+
+def test_calibration_met_column_follows_the_verdict_rule(tmp_path):
+    folder = _copy("calibration", tmp_path)
+    md = calibration.ABLATION.render(folder).read_text()
+    check_html(folder / "report.html")
+    results = pd.read_parquet(folder / "results.parquet")
+    assessments = calibration.criteria(results)
+    table = calibration.criteria_table(assessments)
+    for a, (_, row) in zip(assessments, table.iterrows(), strict=True):
+        expected = {"holds": "yes", "does not hold": "no"}.get(a.verdict, a.verdict)
+        assert row["met"] == expected
+        if len(a.per_seed) > 1:
+            assert row["95% CI"].startswith("[") and row["95% CI"] in md
+    gain = next(a for a in assessments if "gains more than" in a.comparison.claim.text)
+    # the rule: "met" only when the whole interval clears the margin
+    assert (gain.low > calibration.MIN_GAIN) == (gain.verdict == HOLDS)
