@@ -467,14 +467,17 @@ class STSNAblation(Ablation):
                     "on these rows and is left out."
                 )
             )
-        blocks.append(
-            Table(
-                summary_table(results, variants, columns=MOTION_COLUMNS + DEGRADATION_COLUMNS),
-                caption="Devkit mAP@0.5 by motion bucket and by degradation of the ground-truth box, with "
-                "the "
-                f"boxes each column rests on; a cell from fewer than {MIN_BOXES} boxes reads n<{MIN_BOXES}.",
+        for columns, what in (
+            (MOTION_COLUMNS, "motion bucket"),
+            (DEGRADATION_COLUMNS, "degradation of the GT box"),
+        ):
+            blocks.append(
+                Table(
+                    summary_table(results, variants, columns=columns),
+                    caption=f"Devkit mAP@0.5 by {what}, with the boxes each column rests on; a cell from "
+                    f"fewer than {MIN_BOXES} boxes reads n<{MIN_BOXES}.",
+                )
             )
-        )
         blocks.append(Heading("Cost", level=3))
         blocks += cost_table(
             results,

@@ -208,47 +208,45 @@ def claims_table(assessments: Sequence[Assessment]) -> Table:
     return Table(pd.DataFrame(rows))
 
 
-def _sentence(a: Assessment) -> str:
+def _brief(a: Assessment) -> str:
+    """'a - b +2.0 [-0.5, +4.5]', with the metric when it is not devkit mAP@0.5."""
     c, d = a.comparison, a.comparison.digits
-    metric = METRIC_LABELS.get(c.metric, c.metric)
-    numbers = f"{c.claim.a} - {c.claim.b} = {_number(a.mean, d)} {c.unit} {_interval(a)}"
+    text = f"{c.claim.a} - {c.claim.b} {_number(a.mean, d)} {_interval(a)}"
     if c.metric != "devkit_map":
-        numbers += f" on {metric}"
-    if a.contradicted:
-        numbers += f"; a < b on all {len(a.per_seed)} seeds"
-    return f"{c.claim.text}: {a.verdict} ({numbers})"
+        text += f" ({METRIC_LABELS.get(c.metric, c.metric)})"
+    return text
 
 
 def what_we_learned(assessments: Sequence[Assessment]) -> str:
-    """The opening paragraph: counts of verdicts, then one sentence per comparison, all from the data."""
+    """The opening paragraph, all from the data: per source (the paper's claims, the harness's own
+    findings) the verdict counts, then the paired differences of the claims that hold, that do not
+    hold, and that are inconclusive although every seed goes against them."""
     judged = [a for a in assessments if a.verdict != NOT_RUN]
     parts = []
-    for source, label in (
-        ("paper", "Of the paper's claims tested here"),
-        ("results", "Of the harness's own findings"),
-    ):
+    for source, label in (("paper", "claims of the paper"), ("results", "findings of the harness's own")):
         group = [a for a in judged if a.comparison.source == source]
         if not group:
             continue
         counts = {v: sum(a.verdict == v for a in group) for v in (HOLDS, FAILS, INCONCLUSIVE)}
-        contradicted = sum(a.contradicted for a in group if a.verdict != FAILS)
         text = (
-            f"{label}, {counts[HOLDS]} hold, {counts[FAILS]} do not hold and {counts[INCONCLUSIVE]} are "
-            f"inconclusive"
+            f"Of the {len(group)} {label} tested here, {counts[HOLDS]} hold, {counts[FAILS]} do not hold and "
+            f"{counts[INCONCLUSIVE]} are inconclusive."
         )
-        if contradicted:
-            text += f" ({contradicted} of them contradicted in sign on every seed)"
-        parts.append(text + ". " + "; ".join(_sentence(a) for a in group) + ".")
+        for verdict, lead in ((HOLDS, "Hold"), (FAILS, "Do not hold")):
+            items = [_brief(a) for a in group if a.verdict == verdict]
+            if items:
+                text += f" {lead}: " + "; ".join(items) + "."
+        against = [_brief(a) for a in group if a.verdict == INCONCLUSIVE and a.contradicted]
+        if against:
+            text += " Inconclusive, though a < b on every seed: " + "; ".join(against) + "."
+        parts.append(text)
     not_run = [a for a in assessments if a.verdict == NOT_RUN]
     if not_run:
-        parts.append(
-            "Not run (absent from this results table): "
-            + "; ".join(a.comparison.claim.text for a in not_run)
-            + "."
-        )
+        names = dict.fromkeys(m for a in not_run for m in a.missing)
+        parts.append(f"Not run (absent from this results table): {', '.join(names)}.")
     if not judged:
         parts.insert(0, "No claim could be judged from this results table.")
-    return "What we learned. " + " ".join(parts)
+    return "What we learned (differences a - b, mean [95% interval] over seeds). " + " ".join(parts)
 
 
 def verdict_lists(assessments: Sequence[Assessment]) -> list:
@@ -515,7 +513,14 @@ def cost_table(
         + f"threads: {int(threads) if threads is not None else 'not recorded in the results table'}; "
         + f"batch size: {int(batch) if batch is not None else ONE_FRAME}."
     )
-    blocks = [Table(frame, caption=caption)]
+    size = [c for c in frame.columns if c.endswith(("MFLOPs", "k params"))]
+    blocks = [
+        Table(frame.drop(columns=size), caption=caption),
+        Table(
+            frame[["variant", *size]],
+            caption="FLOPs (millions) and parameters (thousands) per frame, by part.",
+        ),
+    ]
     if sentences or notes:
         blocks.append(Paragraph(" ".join([*sentences, *notes])))
     return blocks

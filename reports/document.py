@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+LONG_CELL = 60  # a table with a longer cell is prose: its cells wrap in the HTML (numbers never do)
+
 
 @dataclass
 class Heading:
@@ -83,6 +85,7 @@ class Document:
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
             "td{white-space:nowrap}.table-wrap{overflow-x:auto}"
+            "table.prose td{white-space:normal;text-align:left;min-width:6em}table.prose th{text-align:left}"
             "img{max-width:100%}.caption{color:#555;font-style:italic}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
         ]
@@ -97,7 +100,11 @@ class Document:
             elif isinstance(block, Table):
                 if block.caption:
                     parts.append(f"<p class='caption'>{_inline_html(block.caption)}</p>")
-                table = _format(block).to_html(index=False, border=0, escape=True, na_rep="")
+                cells = _format(block)
+                prose = any(len(str(v)) > LONG_CELL for v in cells.to_numpy().ravel())
+                table = cells.to_html(
+                    index=False, border=0, escape=True, na_rep="", classes="prose" if prose else None
+                )
                 parts.append(f"<div class='table-wrap'>{table}</div>")
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)

@@ -232,6 +232,7 @@ def paired_gain_plot(
         vals = [val for v, val in zip(g["variant"], g["gain"], strict=True) if v in x]
         ax.plot(pos, vals, ".", ms=6, alpha=0.7, color=f"C{i + 1}", label=f"seed {seed}")
     ax.axhline(0, color="#333333", lw=0.8, ls="--")
+    ax.set_xticks(sorted(set(xs)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -71,7 +71,7 @@ def test_missing_variant_is_not_run_and_named():
     a = assess(_results(), Comparison(Claim("c beats a", "c", "a")))
     assert a.verdict == NOT_RUN and a.missing == ("c",)
     text = what_we_learned([a])
-    assert "Not run" in text and "c beats a" in text
+    assert "Not run (absent from this results table): c." in text
 
 
 def test_opening_paragraph_carries_the_numbers():
@@ -80,7 +80,7 @@ def test_opening_paragraph_carries_the_numbers():
     assert held.verdict == HOLDS
     text = what_we_learned([held])
     assert "1 hold, 0 do not hold and 0 are inconclusive" in text
-    assert "a - b = +2.0 points [-0.5, +4.5]" in text
+    assert "Hold: a - b +2.0 [-0.5, +4.5]." in text
 
 
 def test_box_counts_and_small_cells():
@@ -148,7 +148,14 @@ def test_same_architecture_within_spread_gets_one_pooled_fps():
     assert frame["FPS"].tolist() == ["24.5 ± 3.6 (same arch.)"] * 2  # pooled over 6 runs
     assert list(frame.columns[:4]) == ["variant", "n", "backbone ms", "head ms"]
     assert "test CPU" in blocks[0].caption and "batch size: 1" in blocks[0].caption
-    assert "within the per-seed sd" in blocks[1].text
+    assert list(blocks[1].frame.columns) == [
+        "variant",
+        "backbone MFLOPs",
+        "total MFLOPs",
+        "backbone k params",
+        "total k params",
+    ]
+    assert "within the per-seed sd" in blocks[2].text
 
 
 def test_different_architectures_keep_their_own_fps():
