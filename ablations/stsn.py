@@ -625,8 +625,8 @@ class STSNAblation(Ablation):
                 Comparison(
                     Claim(
                         "nearest supports (k = ±1) weigh more than far ones (|k| >= 5)",
-                        "k = ±1",
-                        "|k| >= 5",
+                        "w(k = ±1)",
+                        "w(|k| >= 5)",
                         paper="Fig. 3 right",
                     ),
                     metric="fusion weight",
@@ -640,7 +640,7 @@ class STSNAblation(Ablation):
                 Comparison(
                     Claim(
                         f"distant supports (k = ±{WEIGHTS_RADIUS}) keep weight above the softmax floor",
-                        f"k = ±{WEIGHTS_RADIUS}",
+                        f"w(k = ±{WEIGHTS_RADIUS})",
                         "softmax floor",
                         paper="Fig. 3 right",
                     ),

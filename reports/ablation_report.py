@@ -217,13 +217,16 @@ def _brief(a: Assessment) -> str:
     return text
 
 
-def what_we_learned(assessments: Sequence[Assessment]) -> str:
+def what_we_learned(assessments: Sequence[Assessment]) -> list[str]:
     """The opening paragraph, all from the data: per source (the paper's claims, the harness's own
     findings) the verdict counts, then the paired differences of the claims that hold, that do not
-    hold, and that are inconclusive although every seed goes against them."""
+    hold, and that are inconclusive although every seed goes against them. One paragraph per source."""
     judged = [a for a in assessments if a.verdict != NOT_RUN]
     parts = []
-    for source, label in (("paper", "claims of the paper"), ("results", "findings of the harness's own")):
+    for source, label in (
+        ("paper", "claims of the paper"),
+        ("results", "harness findings (not in the paper)"),
+    ):
         group = [a for a in judged if a.comparison.source == source]
         if not group:
             continue
@@ -246,7 +249,7 @@ def what_we_learned(assessments: Sequence[Assessment]) -> str:
         parts.append(f"Not run (absent from this results table): {', '.join(names)}.")
     if not judged:
         parts.insert(0, "No claim could be judged from this results table.")
-    return "What we learned (differences a - b, mean [95% interval] over seeds). " + " ".join(parts)
+    return ["What we learned (differences a - b, mean [95% interval] over seeds). " + parts[0], *parts[1:]]
 
 
 def verdict_lists(assessments: Sequence[Assessment]) -> list:
@@ -645,7 +648,8 @@ def build_report(
     doc.add(Paragraph(spec.question))
     if spec.quick:
         doc.add(Paragraph("QUICK smoke run (small data, few steps): the numbers are not meaningful."))
-    doc.add(Paragraph(what_we_learned(assessments)))
+    for text in what_we_learned(assessments):
+        doc.add(Paragraph(text))
     for block in verdict_lists(assessments):
         doc.add(block)
     doc.add(Paragraph(f"Seeds: {seeds} (n = {len(seeds)}). {DEFINITIONS_NOTE}"))

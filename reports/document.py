@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-LONG_CELL = 60  # a table with a longer cell is prose: its cells wrap in the HTML (numbers never do)
+LONG_CELL = 40  # a column with a longer cell is prose: it wraps in the HTML (number columns never do)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Document:
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
             "td{white-space:nowrap}.table-wrap{overflow-x:auto}"
-            "table.prose td{white-space:normal;text-align:left;min-width:6em}table.prose th{text-align:left}"
+            "td.wrap{white-space:normal;text-align:left;min-width:14em}"
             "img{max-width:100%}.caption{color:#555;font-style:italic}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
         ]
@@ -100,12 +100,7 @@ class Document:
             elif isinstance(block, Table):
                 if block.caption:
                     parts.append(f"<p class='caption'>{_inline_html(block.caption)}</p>")
-                cells = _format(block)
-                prose = any(len(str(v)) > LONG_CELL for v in cells.to_numpy().ravel())
-                table = cells.to_html(
-                    index=False, border=0, escape=True, na_rep="", classes="prose" if prose else None
-                )
-                parts.append(f"<div class='table-wrap'>{table}</div>")
+                parts.append(f"<div class='table-wrap'>{_table_html(_format(block))}</div>")
             elif isinstance(block, Figure):
                 rel = _relative(block.path, folder)
                 parts.append(
@@ -131,6 +126,24 @@ def _format(table: Table) -> pd.DataFrame:
         if pd.api.types.is_float_dtype(out[column]):
             out[column] = out[column].map(lambda v: "" if pd.isna(v) else table.float_format.format(v))
     return out
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    """A header row and one row per record, every cell escaped; NaN is an empty cell. Columns holding a
+    cell longer than ``LONG_CELL`` characters wrap, the others stay on one line."""
+    wrap = {
+        c: any(len(str(v)) > LONG_CELL for v in frame[c] if not (isinstance(v, float) and pd.isna(v)))
+        for c in frame.columns
+    }
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for record in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, record, strict=True):
+            text = "" if isinstance(value, float) and pd.isna(value) else html.escape(str(value))
+            cells.append(f"<td class='wrap'>{text}</td>" if wrap[column] else f"<td>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _relative(path: Path, folder: Path) -> Path:

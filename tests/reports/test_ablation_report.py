@@ -70,7 +70,7 @@ def test_reversed_claim_is_contradicted_on_every_seed_even_when_inconclusive():
 def test_missing_variant_is_not_run_and_named():
     a = assess(_results(), Comparison(Claim("c beats a", "c", "a")))
     assert a.verdict == NOT_RUN and a.missing == ("c",)
-    text = what_we_learned([a])
+    text = " ".join(what_we_learned([a]))
     assert "Not run (absent from this results table): c." in text
 
 
@@ -78,7 +78,7 @@ def test_opening_paragraph_carries_the_numbers():
     results = _results()
     held = assess(results, Comparison(Claim("a beats b by more than -5", "a", "b", margin=-5)))
     assert held.verdict == HOLDS
-    text = what_we_learned([held])
+    (text,) = what_we_learned([held])
     assert "1 hold, 0 do not hold and 0 are inconclusive" in text
     assert "Hold: a - b +2.0 [-0.5, +4.5]." in text
 
