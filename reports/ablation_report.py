@@ -192,7 +192,7 @@ def claims_table(assessments: Sequence[Assessment]) -> Table:
         rows.append(
             {
                 "claim": c.claim.text,
-                "from": c.source,
+                "verdict": a.verdict,
                 "a": c.claim.a,
                 "b": c.claim.b,
                 "metric": METRIC_LABELS.get(c.metric, c.metric),
@@ -201,8 +201,8 @@ def claims_table(assessments: Sequence[Assessment]) -> Table:
                 "mean a - b": _number(a.mean, d) if a.verdict != NOT_RUN else "",
                 "95% CI": _interval(a) if a.verdict != NOT_RUN else "",
                 "per seed a - b": ", ".join(f"{v:+.{d}f}" for _, v in sorted(a.per_seed.items())),
-                "verdict": a.verdict,
                 "note": note,
+                "from": c.source,
             }
         )
     return Table(pd.DataFrame(rows))

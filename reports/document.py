@@ -81,11 +81,11 @@ class Document:
         parts = [
             "<!doctype html><html><head><meta charset='utf-8'>",
             f"<title>{html.escape(self.title)}</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "<style>body{font-family:sans-serif;max-width:1280px;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
             "td{white-space:nowrap}.table-wrap{overflow-x:auto}"
-            "td.wrap{white-space:normal;text-align:left;min-width:14em}"
+            "td.wrap{white-space:normal;min-width:14em}.wrap,.text{text-align:left}"
             "img{max-width:100%}.caption{color:#555;font-style:italic}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
         ]
@@ -128,21 +128,33 @@ def _format(table: Table) -> pd.DataFrame:
     return out
 
 
+# cells that read as numbers: "59.1 ± 1.9", "+0.8", "[-9.3, +10.8]", "+2.4, +3.7, -3.9", "n<50", "not run"
+_NUMERIC = re.compile(r"[-+\d.,\[\]±\s%]+( \(same arch\.\))?|n<\d+( \(\d+\))?|not run|n/a.*")
+
+
 def _table_html(frame: pd.DataFrame) -> str:
     """A header row and one row per record, every cell escaped; NaN is an empty cell. Columns holding a
     cell longer than ``LONG_CELL`` characters wrap, the others stay on one line."""
-    wrap = {
-        c: any(len(str(v)) > LONG_CELL for v in frame[c] if not (isinstance(v, float) and pd.isna(v)))
-        for c in frame.columns
-    }
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+
+    def text(value) -> str:
+        return "" if isinstance(value, float) and pd.isna(value) else str(value)
+
+    kind = {}
+    for c in frame.columns:
+        values = [text(v) for v in frame[c] if text(v)]
+        if any(len(v) > LONG_CELL for v in values):
+            kind[c] = " class='wrap'"  # prose: wraps, left-aligned
+        elif all(_NUMERIC.fullmatch(v) for v in values):
+            kind[c] = ""  # numbers: right-aligned, one line
+        else:
+            kind[c] = " class='text'"  # short text: left-aligned, one line
+    head = "".join(f"<th{kind[c]}>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for record in frame.itertuples(index=False):
-        cells = []
-        for column, value in zip(frame.columns, record, strict=True):
-            text = "" if isinstance(value, float) and pd.isna(value) else html.escape(str(value))
-            cells.append(f"<td class='wrap'>{text}</td>" if wrap[column] else f"<td>{text}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
+        cells = "".join(
+            f"<td{kind[c]}>{html.escape(text(v))}</td>" for c, v in zip(frame.columns, record, strict=True)
+        )
+        body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
