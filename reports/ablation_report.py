@@ -658,7 +658,10 @@ def build_report(
     rows = deviation_rows(spec.study, results, paper_setup=spec.paper_setup) if spec.study is not None else []
     rows += [{"item": i, "paper": p, "here": h} for i, p, h in spec.deviations]
     if rows:
-        doc.add(Table(pd.DataFrame(rows)))
+        frame = pd.DataFrame(rows)
+        if not frame["paper"].astype(bool).any():  # no paper (e.g. the calibration): no empty column
+            frame = frame.drop(columns="paper")
+        doc.add(Table(frame))
     if spec.deviation_note:
         doc.add(Paragraph(spec.deviation_note))
     if spec.not_reproduced:
