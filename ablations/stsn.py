@@ -686,13 +686,15 @@ class STSNAblation(Ablation):
                 f"The centre tap holds {np.mean(list(centre.values())):.0%} of the last deformable conv's "
                 f"kernel weight ({per}; {count} object centres). "
             )
+            phase2_steps = build_study(self.is_quick(folder)).base.phase2.steps
             stsn_row = next((r for r in ROWS if r.name == "STSN"), None)
             kwargs = stsn_row.changes["model.aggregation"].alignment_kwargs if stsn_row else {}
             if kwargs.get("identity_init", True):
                 text += (
-                    "That conv starts with all its weight on the centre tap (identity initialisation), so "
-                    "this "
-                    "share measures how far phase 2 moved the kernel from its start, not a property of STSN."
+                    "That conv starts with all its weight (100%) on the centre tap (the harness's identity "
+                    f"initialisation), and phase 2 has {phase2_steps} steps: the share says how far "
+                    "training moved the kernel from its start, and a large share may be left over from the "
+                    "initialisation rather than learned."
                 )
             blocks.append(Paragraph(text))
         return blocks
