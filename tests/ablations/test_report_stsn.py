@@ -78,3 +78,42 @@ def test_calibration_met_column_follows_the_verdict_rule(tmp_path):
     gain = next(a for a in assessments if "gains more than" in a.comparison.claim.text)
     # the rule: "met" only when the whole interval clears the margin
     assert (gain.low > calibration.MIN_GAIN) == (gain.verdict == HOLDS)
+
+
+def _write_sampling(folder: Path, tmp_path: Path) -> None:
+    """Two seeds' sampling examples on a 5-frame video of 32x32 PNGs; centre-tap share 0.6 and 0.8."""
+    import cv2
+    import numpy as np
+
+    video = tmp_path / "video"
+    video.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(video / f"{i:06d}.png"), np.full((32, 32, 3), 40 * i, np.uint8))
+    for seed, centre in ((0, 0.6), (1, 0.8)):
+        share = [(1 - centre) / 8] * 4 + [centre] + [(1 - centre) / 8] * 4
+        points = [[16 + dx, 16 + dy] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        example = {
+            "video": "val/video_000001",
+            "frame_id": 2,
+            "image": str(video / "000002.png"),
+            "box": [10.0, 10.0, 22.0, 22.0],
+            "support_offsets": [-1, 1],
+            "points_xy": [points, points],
+            "tap_weight": share,
+        }
+        path = folder / "collected" / f"STSN sampling-s{seed}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"examples": [example]}))
+
+
+def test_fig4_states_the_centre_tap_share_over_all_seeds(tmp_path):
+    folder = _copy("stsn", tmp_path)
+    _write_sampling(folder, tmp_path)
+    md = stsn.ABLATION.render(folder).read_text()
+    assert (folder / "fig4.png").stat().st_size > 1000
+    assert (
+        "holds 70% of the last deformable conv's kernel weight (seed 0: 60%, seed 1: 80%; 2 object centres)"
+        in md
+    )
+    assert "identity initialisation" in md
+    check_html(folder / "report.html")
