@@ -27,9 +27,9 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return folder
 
 
-def _write_weights(folder: Path) -> None:
-    """Fusion weights of three seeds, peaked at k = 0 and decaying with |k| (sum 1 per seed)."""
-    for seed in range(3):
+def _write_weights(folder: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """Fusion weights of the given seeds, peaked at k = 0 and decaying with |k| (sum 1 per seed)."""
+    for seed in seeds:
         raw = {k: 0.04 + 0.03 * math.exp(-abs(k) / 3) + 0.001 * seed * (k == 1) for k in range(-9, 10)}
         total = sum(raw.values())
         path = folder / "collected" / f"STSN weights-s{seed}.json"
@@ -116,4 +116,19 @@ def test_fig4_states_the_centre_tap_share_over_all_seeds(tmp_path):
         in md
     )
     assert "identity initialisation" in md
+    check_html(folder / "report.html")
+
+
+def test_one_seed_quick_table_gives_every_claim_a_verdict(tmp_path):
+    """Seed 0 of the kept table cut to the quick study's variants: one row per claim, all inconclusive
+    (the count test_stsn_quick.py checks after a real quick run)."""
+    folder = _copy("stsn", tmp_path)
+    results = pd.read_parquet(folder / "results.parquet")
+    declared = {v.name for v in stsn.build_study(quick=True).variants}
+    results[(results["seed"] == 0) & results["variant"].isin(declared)].to_parquet(folder / "results.parquet")
+    (folder / "ablation.json").write_text(json.dumps({"quick": True, "seeds": [0]}))
+    _write_weights(folder, seeds=(0,))
+    md = stsn.ABLATION.render(folder).read_text()
+    assert "QUICK smoke run" in md
+    assert md.count("| inconclusive") == len(stsn.claims(quick=True)) + 2
     check_html(folder / "report.html")
