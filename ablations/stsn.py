@@ -383,7 +383,7 @@ class STSNAblation(Ablation):
             comparisons=_comparisons(quick),
             study=study,
             paper_setup=numbers["setup"],
-            deviations=self._deviations(folder, numbers),
+            deviations=self._deviations(folder, numbers, quick),
             deviation_note=doc_paragraph(__doc__, "Deviations", sizes),
             not_reproduced=NOT_REPRODUCED,
             quick=quick,
@@ -396,16 +396,17 @@ class STSNAblation(Ablation):
         return md
 
     # --- deviations -------------------------------------------------------------------------
-    def _deviations(self, folder: Path, numbers: dict) -> list[tuple[str, str, str]]:
+    def _deviations(self, folder: Path, numbers: dict, quick: bool) -> list[tuple[str, str, str]]:
         setup = numbers["setup"]
         paper_t = 2 * int(setup["test_support_K"]) + 1
-        flow = f"{FLOW_PRETRAIN_STEPS} steps on SynthVID's own ground-truth flow (in-domain), one flow net "
+        steps = FLOW_PRETRAIN_STEPS_QUICK if quick else FLOW_PRETRAIN_STEPS
+        flow = f"{steps} steps on SynthVID's own ground-truth flow (in-domain), one flow net "
         flow += "(seed "
         flow += f"{FLOW_PRETRAIN_SEED}) shared by all seeds"
         for path in sorted((folder / "flownet").glob("*.json")) if (folder / "flownet").is_dir() else []:
             metrics = json.loads(path.read_text())
             flow += "; " + ", ".join(
-                f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float))
+                f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
             )
         return [
             (
