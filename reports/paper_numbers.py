@@ -1,4 +1,9 @@
-"""The papers' reported numbers (``harness/paper_numbers.yaml``, a copy of shared/paper_numbers.yaml)."""
+"""The papers' reported numbers (``harness/paper_numbers.yaml``, a copy of shared/paper_numbers.yaml).
+
+Each paper carries ``protocol``: which mAP its numbers use (``devkit`` = ILSVRC devkit / FGFA
+size-dependent IoU threshold, ``coco`` = a COCO evaluator). A report puts the paper's number beside
+the harness's figure of the same protocol (:data:`PROTOCOL_COLUMN`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from importlib import resources
 from typing import Any
 
 import yaml
+
+# protocol -> the results-table column measured the same way as the paper's mAP@0.5
+PROTOCOL_COLUMN = {"devkit": "devkit_map", "coco": "coco_ap50"}
 
 
 @cache
@@ -20,3 +28,14 @@ def paper(name: str) -> dict[str, Any]:
     if name not in numbers:
         raise KeyError(f"no paper {name!r} in paper_numbers.yaml; known: {sorted(numbers)}")
     return numbers[name]
+
+
+def protocol(name: str) -> str:
+    """The evaluation protocol of paper ``name``'s numbers: a key of :data:`PROTOCOL_COLUMN`."""
+    value = paper(name).get("protocol")
+    if value not in PROTOCOL_COLUMN:
+        raise KeyError(
+            f"paper {name!r} has protocol {value!r} in paper_numbers.yaml; "
+            f"expected one of {sorted(PROTOCOL_COLUMN)}"
+        )
+    return value
