@@ -21,6 +21,7 @@ metric columns such as ``devkit_map``, bucket columns with their box shares ``*_
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -556,7 +557,6 @@ def _aggregation(config) -> str:
 def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] | None = None) -> list[dict]:
     """Rows (item, paper, here) read from ``study`` (an ``ablations.base.Study``: ``base``, ``rows``,
     ``variants``, ``row_config``) and the results table."""
-    from harness.config import override
 
     setup = paper_setup or {}
     base = study.base
@@ -585,24 +585,23 @@ def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] 
         },
     ]
     for row in study.rows:
-        config = study.row_config(row, 0, base)
+        config = study.row_config(row, 0)
         rows.append(
             {
                 "item": f"row {row.name}",
                 "paper": "",
                 "here": f"{_aggregation(config)}; train supports: {_support(config.data.train_support)}; "
-                f"test supports: {_support(config.data.test_support)}"
-                + (f"; {row.description}" if row.description else ""),
+                f"test supports: {_support(config.test.support)}",
             }
         )
     subsets: dict[tuple, list[str]] = {}
     for variant in study.variants:
         row = next(r for r in study.rows if r.name == variant.row)
-        config = override(study.row_config(row, 0, base), **variant.changes)
+        config = variant.apply(study.row_config(row, 0))
         subset = results[results["variant"] == variant.name]
         frames = int(subset["num_frames"].iloc[0]) if "num_frames" in subset and len(subset) else None
         boxes = int(subset["num_gt"].iloc[0]) if "num_gt" in subset and len(subset) else None
-        videos = config.data.max_val_videos
+        videos = config.test.max_videos
         subsets.setdefault((videos, frames, boxes), []).append(variant.group)
     for (videos, frames, boxes), groups in subsets.items():
         names = ", ".join(dict.fromkeys(groups))
@@ -611,7 +610,7 @@ def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] 
             {
                 "item": f"validation subset ({names})",
                 "paper": "ImageNet VID val (555 videos)" if paper_setup is not None else "",
-                "here": f"{'all' if videos is None else f'first {videos}'} {base.data.val_split} videos: "
+                "here": f"{'all' if videos is None else f'first {videos}'} {base.test.split} videos: "
                 f"{size}",
             }
         )
@@ -633,6 +632,11 @@ class ReportSpec:
     quick: bool = False
 
 
+def _is_partial(folder: Path) -> bool:
+    status = Path(folder) / "ablation.json"
+    return status.is_file() and json.loads(status.read_text()).get("status", "complete") != "complete"
+
+
 def build_report(
     spec: ReportSpec,
     results: pd.DataFrame,
@@ -648,6 +652,13 @@ def build_report(
     doc.add(Paragraph(spec.question))
     if spec.quick:
         doc.add(Paragraph("QUICK smoke run (small data, few steps): the numbers are not meaningful."))
+    if _is_partial(folder):
+        doc.add(
+            Paragraph(
+                "PARTIAL REPORT: the study was killed or is still running (`ablation.json` status "
+                "`running`); only the evaluations that finished are shown, so rows and claims may be missing."
+            )
+        )
     for text in what_we_learned(assessments):
         doc.add(Paragraph(text))
     for block in verdict_lists(assessments):
