@@ -385,36 +385,32 @@ def gain_table(
 
 # --- cost ---------------------------------------------------------------------------------------
 
-_NOT_PARTS = {"total", "per"}
-PART_ORDER = ("backbone", "alignment", "fusion", "aggregation", "memory", "head", "postprocessing")
+_NOT_PARTS = {"total", "per_frame"}
+_STAT_SUFFIXES = ("_mean", "_iqr", "_q25", "_q75")
+PART_ORDER = ("backbone", "alignment", "fusion", "aggregation", "memory", "head", "postprocess")
 ONE_FRAME = "1 (harness.measure times one frame at a time)"
 
 
 def cost_parts(results: pd.DataFrame) -> list[str]:
-    """Parts with a time column (``seconds_<part>``), in column order: backbone, aggregation, head, ..."""
+    """Parts with a time column (``seconds_<part>``, as ``harness.measure.summary_row`` names them), in
+    the order backbone, alignment, fusion, aggregation, memory, head, postprocess, then the others."""
     parts = []
     for column in results.columns:
-        match = re.fullmatch(r"seconds_([a-z]+)", column)
-        if match and match.group(1) not in _NOT_PARTS:
-            parts.append(match.group(1))
+        match = re.fullmatch(r"seconds_([a-z_]+)", column)
+        if match is None or match.group(1) in _NOT_PARTS:
+            continue
+        if match.group(1).endswith(_STAT_SUFFIXES):
+            continue
+        parts.append(match.group(1))
     known = {p: i for i, p in enumerate(PART_ORDER)}
     return sorted(parts, key=lambda p: (known.get(p, len(known)), p))
 
 
 def _time_columns(results: pd.DataFrame, part: str) -> tuple[str | None, str | None, str | None]:
-    """(median, q25, q75) or (median, iqr, None) column names if harness.measure wrote them."""
-    for median in (f"seconds_{part}_median", f"seconds_median_{part}"):
-        if median in results:
-            for low, high in (
-                (f"seconds_{part}_q25", f"seconds_{part}_q75"),
-                (f"seconds_{part}_p25", f"seconds_{part}_p75"),
-            ):
-                if low in results and high in results:
-                    return median, low, high
-            for iqr in (f"seconds_{part}_iqr", f"seconds_iqr_{part}"):
-                if iqr in results:
-                    return median, iqr, None
-            return median, None, None
+    """(median, iqr, None) column names when ``harness.measure`` wrote its median and IQR (the median
+    is ``seconds_<part>``, its spread ``seconds_<part>_iqr``); else (None, None, None)."""
+    if f"seconds_{part}_iqr" in results:
+        return f"seconds_{part}", f"seconds_{part}_iqr", None
     return None, None, None
 
 
@@ -466,7 +462,7 @@ def cost_table(
             what.add(kind)
             row[f"{part} ms"] = cell
         if "seconds_per_frame" in subset:
-            row["total ms"] = _mean_sd(1000 * subset["seconds_per_frame"])
+            row["total ms"] = _ms(subset, "per_frame")[0]
         row["FPS"] = _mean_sd(subset["fps"])
         for part in parts + ["total"]:
             if f"flops_{part}" in subset:

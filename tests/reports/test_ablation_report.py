@@ -163,14 +163,19 @@ def test_different_architectures_keep_their_own_fps():
     assert frame["FPS"].tolist() == ["24.0 ± 4.0", "25.0 ± 4.0"]
 
 
-def test_median_columns_are_preferred_when_measured():
+def test_median_and_iqr_are_shown_when_measured():
+    # harness.measure.summary_row's columns: seconds_<part> is the median, seconds_<part>_iqr its spread
     results = _cost([20, 20, 20], [20, 20, 20])
-    results["seconds_backbone_median"] = 0.010
-    results["seconds_backbone_q25"] = 0.009
-    results["seconds_backbone_q75"] = 0.012
+    results["seconds_backbone"] = 0.010
+    results["seconds_backbone_iqr"] = 0.003
+    results["seconds_backbone_mean"] = 0.011
+    results["seconds_motion_stream"] = 0.004
+    results["seconds_motion_stream_iqr"] = 0.001
     table = cost_table(results, ["a"])[0]
-    assert table.frame.loc[0, "backbone ms"] == "10.0 [9.0, 12.0]"
-    assert "median [IQR]" in table.caption
+    assert table.frame.loc[0, "backbone ms"] == "10.0 (IQR 3.0)"
+    assert table.frame.loc[0, "motion_stream ms"] == "4.0 (IQR 1.0)"  # a method's own scope is a part
+    assert "backbone_mean ms" not in table.frame.columns
+    assert "median (IQR)" in table.caption
 
 
 def test_built_report_html_matches_markdown_and_renders_cleanly(tmp_path):
