@@ -232,9 +232,13 @@ def what_we_learned(assessments: Sequence[Assessment]) -> list[str]:
         if not group:
             continue
         counts = {v: sum(a.verdict == v for a in group) for v in (HOLDS, FAILS, INCONCLUSIVE)}
+        def verb(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
         text = (
-            f"Of the {len(group)} {label} tested here, {counts[HOLDS]} hold, {counts[FAILS]} do not hold and "
-            f"{counts[INCONCLUSIVE]} are inconclusive."
+            f"Of the {len(group)} {label} tested here, {verb(counts[HOLDS], 'holds', 'hold')}, "
+            f"{verb(counts[FAILS], 'does not hold', 'do not hold')} and "
+            f"{verb(counts[INCONCLUSIVE], 'is inconclusive', 'are inconclusive')}."
         )
         for verdict, lead in ((HOLDS, "Hold"), (FAILS, "Do not hold")):
             items = [_brief(a) for a in group if a.verdict == verdict]

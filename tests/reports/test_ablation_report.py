@@ -79,7 +79,7 @@ def test_opening_paragraph_carries_the_numbers():
     held = assess(results, Comparison(Claim("a beats b by more than -5", "a", "b", margin=-5)))
     assert held.verdict == HOLDS
     (text,) = what_we_learned([held])
-    assert "1 hold, 0 do not hold and 0 are inconclusive" in text
+    assert "1 holds, 0 do not hold and 0 are inconclusive" in text
     assert "Hold: a - b +2.0 [-0.5, +4.5]." in text
 
 
