@@ -194,3 +194,19 @@ def test_two_processes_on_one_runs_root_share_the_work(tmp_path):
     assert phase1 == [1, 2, 3, 4]
     assert (evaluation_dir(runs, run) / "DONE").is_file()
     assert not list(runs.rglob("*.tmp"))
+
+
+def test_non_finite_weights_are_flagged_in_the_results_row(tmp_path, monkeypatch):
+    from harness.pipeline import evaluate_checkpoint, train_run
+    from tests.test_runs import tiny_run as tiny_pipeline_run
+
+    monkeypatch.setenv("VODBENCH_DATA", str(tmp_path / "data"))
+    run = tiny_pipeline_run()
+    checkpoint = train_run(run, runs_root=tmp_path / "runs", progress=False)
+    state = torch.load(checkpoint, weights_only=False)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))  # exploded weights
+    torch.save(state, checkpoint)
+    with pytest.warns(UserWarning, match="weights are not finite"):
+        row = evaluate_checkpoint(run, checkpoint, runs_root=tmp_path / "runs", progress=False)
+    assert row["weights_finite"] is False
