@@ -5,7 +5,8 @@ here the "flow data" is SynthVID's exact flow between training frames (STSN Tabl
 data" row). Supervised by the multi-scale endpoint error, AdamW with the trainer's cosine schedule
 (:func:`harness.train.lr_factor`). Lives in the harness, not in ``methods``, because it reads the
 data layer (frames through ``FrameCache``, flow through ``oracle_flow_for``); its result is a state
-dict that ``FlowWarpAlignment(flownet_weights=...)`` loads.
+dict that ``FlowWarpAlignment(flownet_weights=...)`` loads. It is the one harness module that names a
+method's part (the flow net it trains), as a shared preparation of ``harness.prepare``.
 """
 
 from __future__ import annotations
