@@ -39,6 +39,7 @@ from harness.locks import exclusive
 from harness.runs import (
     evaluation_dir,
     is_complete,
+    made_once,
     mark_done,
     read_json,
     stage_digest,
@@ -108,19 +109,12 @@ def train_shared_phase1(run: RunConfig, *, runs_root: Path, progress: bool = Tru
     """The still-image detector of ``run`` (``<runs_root>/phase1-<hash>/final.pt``), trained once and
     shared by every run with the same phase-1 settings; parallel callers wait for one another."""
     folder = stage_dir(runs_root, run, "phase1")
-    final = folder / "final.pt"
-    identity = stage_identity(run, "phase1")
-    if is_complete(folder, identity) and final.exists():
-        return final
-    folder.mkdir(parents=True, exist_ok=True)
-    with exclusive(folder / ".lock", waiting=f"phase 1 {folder.name}"):
-        if is_complete(folder, identity) and final.exists():  # trained by another process meanwhile
-            return final
-        start_run(folder, identity)
+
+    def make() -> Path:
         seed_everything(phase_seed(run, 1) + PHASE_SEED_STRIDE)
         model = build_model(run, phase=1)
         dataset, collate = _train_dataset(run, 1, with_oracle_flow=False)
-        final = train(
+        return train(
             model,
             dataset,
             collate_fn=collate,
@@ -131,8 +125,8 @@ def train_shared_phase1(run: RunConfig, *, runs_root: Path, progress: bool = Tru
             phase=1,
             progress=progress,
         )
-        mark_done(folder)
-    return final
+
+    return made_once(folder, stage_identity(run, "phase1"), folder / "final.pt", make, what="phase 1")
 
 
 def resolved_aggregation(run: RunConfig, *, runs_root: Path, progress: bool = True) -> Any:

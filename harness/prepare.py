@@ -25,8 +25,7 @@ from typing import Any
 
 from harness.config import AggregationConfig, DataConfig, to_dict
 from harness.files import atomic_path
-from harness.locks import exclusive
-from harness.runs import data_identity, digest, is_complete, mark_done, start_run, write_json
+from harness.runs import data_identity, digest, made_once, write_json
 
 
 def _flownet(data: DataConfig, settings: dict[str, Any], folder: Path, progress: bool) -> Path:
@@ -76,18 +75,12 @@ def prepare(runs_root: Path | str, data: DataConfig, spec: dict[str, Any], *, pr
     """The artifact of ``spec`` on ``data``, made now unless a finished one exists."""
     identity = preparation_identity(data, spec)
     folder = preparation_dir(runs_root, data, spec)
-    artifact = folder / ARTIFACT_NAMES[spec["kind"]]
-    if is_complete(folder, identity) and artifact.exists():
-        return artifact
-    folder.mkdir(parents=True, exist_ok=True)
-    with exclusive(folder / ".lock", waiting=f"preparation {folder.name}"):
-        if is_complete(folder, identity) and artifact.exists():  # made by another process meanwhile
-            return artifact
-        start_run(folder, identity)
-        settings = {k: v for k, v in spec.items() if k != "kind"}
-        artifact = PREPARATIONS[spec["kind"]](data, settings, folder, progress)
-        mark_done(folder)
-    return artifact
+    settings = {k: v for k, v in spec.items() if k != "kind"}
+
+    def make() -> Path:
+        return PREPARATIONS[spec["kind"]](data, settings, folder, progress)
+
+    return made_once(folder, identity, folder / ARTIFACT_NAMES[spec["kind"]], make, what="preparation")
 
 
 def resolve_pretrained(

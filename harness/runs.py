@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -208,6 +209,26 @@ def is_complete(folder: Path, identity: dict[str, Any]) -> bool:
         and config_path.exists()
         and config_path.read_text() == identity_json(identity)
     )
+
+
+def made_once(
+    folder: Path, identity: dict[str, Any], output: Path, make: Callable[[], Path], *, what: str
+) -> Path:
+    """``output`` of a folder that several runs or processes may ask for (a shared phase 1, a
+    preparation): returned at once when the folder is complete, else made by ``make()`` under the
+    folder's lock (a second process waits, says so, then finds it made) and the folder marked done."""
+    from harness.locks import exclusive
+
+    if is_complete(folder, identity) and output.exists():
+        return output
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / ".lock", waiting=f"{what} {folder.name}"):
+        if is_complete(folder, identity) and output.exists():  # made by another process meanwhile
+            return output
+        start_run(folder, identity)
+        made = make()
+        mark_done(folder)
+    return made
 
 
 def mark_done(folder: Path) -> None:
