@@ -12,6 +12,7 @@ Two rules live here and nowhere else:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -59,11 +60,7 @@ def build_model(run: RunConfig, *, phase: int, aggregation: AggregationConfig | 
     if phase not in (1, 2):
         raise ValueError(f"phase must be 1 or 2, got {phase}")
     check_method(run)
-    model = run.model
-    if aggregation is not None:
-        import dataclasses
-
-        model = dataclasses.replace(model, aggregation=aggregation)
+    model = run.model if aggregation is None else dataclasses.replace(run.model, aggregation=aggregation)
     return build_detector(model, single_frame=phase == 1 or not uses_supports(run))
 
 

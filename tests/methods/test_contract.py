@@ -169,11 +169,9 @@ def test_bad_shapes_raise(alignment: str, alignment_kwargs: dict, fusion: str) -
         aggregator.fusion(ctx.reference[:, :-1], ctx.supports[:, :, :-1], ctx.valid)
 
 
-@pytest.mark.parametrize("alignment, alignment_kwargs", _alignment_cases())
-def test_no_supports(alignment: str, alignment_kwargs: dict) -> None:
-    """T = 0 (phase 1, stills): the alignment returns an empty (B, 0, C, H, W) without failing."""
-    ctx = make_context()
-    empty = dataclasses.replace(
+def _without_supports(ctx):
+    """``ctx`` with T = 0 (phase 1, stills): every per-support field cut to an empty slice."""
+    return dataclasses.replace(
         ctx,
         supports=ctx.supports[:, :0],
         offsets=ctx.offsets[:, :0],
@@ -181,7 +179,12 @@ def test_no_supports(alignment: str, alignment_kwargs: dict) -> None:
         support_images=ctx.support_images[:, :0],
         oracle_flow=ctx.oracle_flow[:, :0],
     )
-    aligned = build(alignment, alignment_kwargs, "average").alignment(empty)
+
+
+@pytest.mark.parametrize("alignment, alignment_kwargs", _alignment_cases())
+def test_no_supports(alignment: str, alignment_kwargs: dict) -> None:
+    """T = 0 (phase 1, stills): the alignment returns an empty (B, 0, C, H, W) without failing."""
+    aligned = build(alignment, alignment_kwargs, "average").alignment(_without_supports(make_context()))
     assert aligned.features.shape == (BATCH, 0, CHANNELS, GRID, GRID)
 
 
@@ -251,16 +254,7 @@ def check_aggregator_contract(config: AggregationConfig) -> None:
         scrambled_ctx.supports[invalid] = make_context(seed=7).supports[invalid] * 100
         scrambled_ctx.support_images[invalid] = make_context(seed=7).support_images[invalid]
         scrambled = aggregator(scrambled_ctx)
-        ctx = make_context()
-        empty = dataclasses.replace(
-            ctx,
-            supports=ctx.supports[:, :0],
-            offsets=ctx.offsets[:, :0],
-            valid=ctx.valid[:, :0],
-            support_images=ctx.support_images[:, :0],
-            oracle_flow=ctx.oracle_flow[:, :0],
-        )
-        without_supports = aggregator(empty)
+        without_supports = aggregator(_without_supports(make_context()))
     for stream in aggregator.stream_names:
         assert torch.equal(again.streams[stream], clean.streams[stream]), stream
         torch.testing.assert_close(scrambled.streams[stream], clean.streams[stream], rtol=1e-5, atol=1e-5)
