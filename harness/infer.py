@@ -111,6 +111,19 @@ def to_original_pixels(boxes: Tensor, *, scale: float, frame: FrameRecord) -> np
     return boxes.numpy().astype(np.float32)
 
 
+def _gather_supports(frames: list[dict[int, Tensor]], references: list[int], support_lists: list) -> Tensor:
+    """(B, T, ...) from each video's cached per-frame tensors (``frames[b][i]``, shape (...)) at its
+    support positions ``support_lists[b]`` (T each). T = 0 gives an empty (B, 0, ...) tensor shaped
+    like the reference's entry, not an error (a method tested with no supports)."""
+    per_video = []
+    for cache, reference, indices in zip(frames, references, support_lists, strict=True):
+        like = cache[reference]
+        per_video.append(
+            torch.stack([cache[i] for i in indices]) if len(indices) else like.new_zeros((0, *like.shape))
+        )
+    return torch.stack(per_video)
+
+
 @torch.no_grad()
 def predict_window_videos(
     detector: Any,
@@ -173,13 +186,8 @@ def predict_window_videos(
             [c.features[r] for c, r in zip(active, references, strict=True)]
         )  # (B, C, H, W)
         support_lists = [c.supports[r] for c, r in zip(active, references, strict=True)]
-        support_feats = torch.stack(
-            [
-                torch.stack([c.features[i] for i in s])
-                if len(s)
-                else reference_feats.new_zeros((0, *reference_feats.shape[1:]))
-                for c, s in zip(active, support_lists, strict=True)
-            ]
+        support_feats = _gather_supports(
+            [c.features for c in active], references, support_lists
         )  # (B, T, C, H, W)
         # offsets in frame ids (as the training data has them), not positions: lists may skip frames
         offsets = torch.as_tensor(
@@ -195,8 +203,8 @@ def predict_window_videos(
         images = support_images = flow = None
         if needs_images:
             images = torch.stack([c.images[r] for c, r in zip(active, references, strict=True)])
-            support_images = torch.stack(
-                [torch.stack([c.images[i] for i in s]) for c, s in zip(active, support_lists, strict=True)]
+            support_images = _gather_supports(
+                [c.images for c in active], references, support_lists
             )  # (B, T, 3, S, S)
         if needs_flow:
             flow = torch.stack(

@@ -137,6 +137,24 @@ def test_reference_only_aggregator_with_supports_equals_single_frame(videos):
     _assert_same_detections(windowed, single)
 
 
+def test_image_method_tested_with_no_supports_equals_single_frame(videos):
+    """A method that reads the images (a flow net), tested with no supports (SSVD's Table V, n = 0):
+    the empty support stacks are built, not refused, and the reference passes through unchanged."""
+    aggregation = AggregationConfig(
+        alignment="flow_warp", fusion="average", alignment_kwargs={"flow_source": "farneback"}
+    )
+    detector = make_detector(len(videos[0].classes), aggregation)
+    assert detector.aggregator.needs_images
+    windowed = predict_split(
+        detector, videos, support=SupportSpec(), image_size=IMAGE_SIZE, device="cpu", progress=False
+    )
+    detector.aggregator = ReferenceOnly()
+    single = predict_split(
+        detector, videos, support=SupportSpec(), image_size=IMAGE_SIZE, device="cpu", progress=False
+    )
+    _assert_same_detections(windowed, single)
+
+
 def test_batching_videos_does_not_change_results(videos):
     detector = make_detector(len(videos[0].classes))
     one = predict_split(
