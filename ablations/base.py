@@ -142,8 +142,13 @@ class Study:
                         missing.append(f"{variant.name} seed {seed}")
         return (canonical_columns(pd.DataFrame(rows)) if rows else pd.DataFrame()), missing
 
-    def run(self, *, seeds: list[int], out: Path, force: bool = False, jobs: int = 1) -> pd.DataFrame:
+    def run(
+        self, *, seeds: list[int], out: Path, force: bool = False, jobs: int = 1, remeasure: bool = False
+    ) -> pd.DataFrame:
         """Train every row for every seed, then evaluate its variants; returns the results table.
+
+        ``remeasure`` times every timed variant again, also those already evaluated (for times
+        taken on a busy machine: ``harness.pipeline.remeasure_checkpoint``; metrics are kept).
 
         Run folders live in ``<out>/../runs`` so that all ablations share one phase-1 detector.
         ``jobs > 1`` trains the phase-2 runs, and runs the inference and evaluation of their
@@ -151,7 +156,12 @@ class Study:
         convolutions use two cores better as two processes than as two threads). The shared phase
         1, the collectors (Fig. 3 right, Fig. 4) and every timed measurement run in this process
         after the workers are done, so a measured FPS never shares the machine with another job."""
-        from harness.pipeline import evaluate_checkpoint, resolved_aggregation, train_shared_phase1
+        from harness.pipeline import (
+            evaluate_checkpoint,
+            remeasure_checkpoint,
+            resolved_aggregation,
+            train_shared_phase1,
+        )
         from harness.runs import load_results
 
         if jobs < 1:
@@ -177,6 +187,7 @@ class Study:
         trained = time.perf_counter()
 
         every_result: list[dict[str, Any]] = []
+        remeasured: set[str] = set()  # test ids timed again by this call (variants may share one)
         with tqdm(total=len(configs), desc=f"{self.name}: evaluate rows x seeds", unit="run") as bar:
             for (seed, row_name), config in configs.items():
                 bar.set_postfix_str(f"{row_name} seed={seed}")
@@ -193,6 +204,11 @@ class Study:
                         collect=collector,
                         # force already redid the training folder (and its evaluations) above
                     )
+                    if remeasure and variant_config.test.measure and result["test_id"] not in remeasured:
+                        result = remeasure_checkpoint(
+                            variant_config, checkpoints[seed, row_name], runs_root=runs_root
+                        )
+                        remeasured.add(result["test_id"])
                     results.append(_labelled(result, variant, seed))
                     if collector is not None and collector.count:
                         collected.parent.mkdir(exist_ok=True)
@@ -343,7 +359,14 @@ class Ablation:
         raise NotImplementedError
 
     def run(
-        self, *, quick: bool, seeds: list[int] | None, out: Path, force: bool = False, jobs: int = 1
+        self,
+        *,
+        quick: bool,
+        seeds: list[int] | None,
+        out: Path,
+        force: bool = False,
+        jobs: int = 1,
+        remeasure: bool = False,
     ) -> Path:
         """Run the study and render the report. ``ablation.json`` records the mode, the seeds and the
         status: ``running`` until every evaluation is done, then ``complete``; a killed study stays
@@ -353,7 +376,7 @@ class Ablation:
         study = self.build_study(quick)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "running"})
-        study.run(seeds=seeds, out=folder, force=force, jobs=jobs)
+        study.run(seeds=seeds, out=folder, force=force, jobs=jobs, remeasure=remeasure)
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "complete"})
         started = time.perf_counter()
         report = self.render(folder)

@@ -91,7 +91,12 @@ def _ablation_module(name: str):
 def _ablate(args: argparse.Namespace) -> int:
     module = _ablation_module(args.paper)
     module.ABLATION.run(
-        quick=args.quick, seeds=args.seeds, out=Path(args.out), force=args.force, jobs=args.jobs
+        quick=args.quick,
+        seeds=args.seeds,
+        out=Path(args.out),
+        force=args.force,
+        jobs=args.jobs,
+        remeasure=args.remeasure,
     )
     return 0
 
@@ -186,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_JOBS,
         help=f"phase-2 trainings run in parallel, torch threads split among them (default {DEFAULT_JOBS})",
+    )
+    ablate.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time every timed variant again (keeps trainings and metrics): for a machine that was busy",
     )
     ablate.set_defaults(func=_ablate)
 

@@ -355,12 +355,7 @@ def _evaluate_into(
     started = time.perf_counter()
     measurement: dict[str, Any] = {}
     if run.test.measure:
-        from harness.measure import measure, support_offsets
-
-        # the window of the longest video's middle frame: the offsets a method sees at inference
-        offsets = support_offsets(run.test.support, num_frames=max(len(v) for v in videos))
-        measurement = measure(detector, image_size=run.data.image_size, offsets=offsets, device=device)
-        write_json(folder / "measure.json", measurement)
+        measurement = _measure_into(run, detector, videos, folder, device)
 
     finite = finite_weights(detector)
     if not finite:
@@ -386,6 +381,50 @@ def _evaluate_into(
     write_json(folder / "result.json", row)
     mark_done(folder)
     return read_json(folder / "result.json")  # exactly what a later call reads back
+
+
+def _measure_into(run: RunConfig, detector, videos, folder: Path, device) -> dict[str, Any]:
+    """Time ``detector`` as ``run.test`` asks (``harness.measure``) and write ``measure.json``."""
+    from harness.measure import measure, support_offsets
+
+    # the window of the longest video's middle frame: the offsets a method sees at inference
+    offsets = support_offsets(run.test.support, num_frames=max(len(v) for v in videos))
+    measurement = measure(detector, image_size=run.data.image_size, offsets=offsets, device=device)
+    write_json(folder / "measure.json", measurement)
+    return measurement
+
+
+def remeasure_checkpoint(run: RunConfig, checkpoint: Path, *, runs_root: Path) -> dict[str, Any]:
+    """Redo the timed measurement of a finished evaluation and return its updated results row.
+
+    For times taken on a busy machine: the detections and metrics stand (they do not depend on the
+    load), only ``measure.json`` and the row's measurement columns are replaced; the row's
+    ``remeasured`` column says so. Refuses an evaluation that is not finished or was not timed."""
+    from harness.data.dataset import load_split
+    from harness.measure import summary_row
+
+    runs_root = Path(runs_root)
+    folder = evaluation_folder(run, runs_root=runs_root)
+    if not run.test.measure:
+        raise ValueError(f"{folder}: this evaluation is not timed (test.measure is False)")
+    with exclusive(folder / ".lock", waiting=f"evaluation {folder.name}"):
+        if not is_complete(folder, stage_identity(run, "test")):
+            raise FileNotFoundError(f"{folder}: no finished evaluation to measure again; evaluate it first")
+        row = read_json(folder / "result.json")
+        old = folder / "measure.json"
+        stale = set(summary_row(read_json(old))) if old.is_file() else set()
+        videos = load_split(run.data, run.test.split, max_videos=run.test.max_videos)
+        device = resolve_device(run.device)
+        aggregation = resolved_aggregation(run, runs_root=runs_root) if run.phase2.steps == 0 else None
+        detector = load_trained(run, checkpoint, device, aggregation=aggregation)
+        started = time.perf_counter()
+        measurement = _measure_into(run, detector, videos, folder, device)
+        row = {key: value for key, value in row.items() if key not in stale}
+        row.update(summary_row(measurement))
+        row["measure_seconds"] = time.perf_counter() - started
+        row["remeasured"] = True
+        write_json(folder / "result.json", row)
+    return read_json(folder / "result.json")
 
 
 def run_experiment(

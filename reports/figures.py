@@ -242,3 +242,31 @@ def paired_gain_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_and_cost(
+    frame: pd.DataFrame,
+    *,
+    x: str,
+    accuracy: str,
+    cost_ms: pd.Series,
+    path: Path,
+    xlabel: str,
+    title: str,
+    accuracy_label: str = "devkit mAP@0.5",
+) -> Path:
+    """Two panels over ``x``: ``accuracy`` (left) and the per-frame cost in ms (right, ``cost_ms``
+    aligned with ``frame``'s index); mean over seeds with a ±1 sd band, dots = seeds."""
+    data = frame.assign(_cost=cost_ms.to_numpy())
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for ax, column, label in ((axes[0], accuracy, accuracy_label), (axes[1], "_cost", "ms per frame")):
+        sns.lineplot(data=data, x=x, y=column, errorbar="sd", marker="o", ax=ax)
+        sns.stripplot(data=data, x=x, y=column, native_scale=True, color="#333333", size=3, alpha=0.6, ax=ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

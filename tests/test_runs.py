@@ -27,7 +27,7 @@ from harness.data.dataset import load_split
 from harness.eval.detfile import read_devkit_detections
 from harness.eval.evaluate import evaluate
 from harness.eval.seqnms import seq_nms
-from harness.pipeline import evaluate_checkpoint, run_experiment, train_run
+from harness.pipeline import evaluate_checkpoint, remeasure_checkpoint, run_experiment, train_run
 from harness.runs import (
     append_results,
     evaluation_dir,
@@ -184,6 +184,33 @@ def test_completed_run_is_skipped_and_force_redoes_it(tmp_path, data_dir, monkey
     forced = run_experiment(run, runs_root=tmp_path, force=True, progress=False)
     assert done.stat().st_mtime_ns != stamp
     assert forced["devkit_map"] == row["devkit_map"]  # deterministic: the same numbers again
+
+
+def test_remeasure_replaces_the_times_and_keeps_the_metrics(tmp_path, data_dir, monkeypatch):
+    run = tiny_run()
+    run = dataclasses.replace(run, test=dataclasses.replace(run.test, measure=True))
+    checkpoint = train_run(run, runs_root=tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match="evaluate it first"):
+        remeasure_checkpoint(run, checkpoint, runs_root=tmp_path)
+    row = evaluate_checkpoint(run, checkpoint, runs_root=tmp_path, progress=False)
+    assert "fps" in row and "remeasured" not in row
+
+    def must_not_infer(*args, **kwargs):
+        raise AssertionError("remeasuring redid the inference")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.infer, "predict_split", must_not_infer)
+        again = remeasure_checkpoint(run, checkpoint, runs_root=tmp_path)
+    assert again["remeasured"] is True
+    metrics = [k for k in row if k.startswith(("devkit_", "coco_", "fixed_"))]
+    assert metrics and all(again[k] == row[k] for k in metrics)
+    assert again["seconds_per_frame"] != row["seconds_per_frame"]  # a new timing, not the stored one
+    assert set(again) - set(row) == {"remeasured"}
+    # what a later evaluation call returns is the new row
+    assert evaluate_checkpoint(run, checkpoint, runs_root=tmp_path, progress=False) == again
+    untimed = dataclasses.replace(run, test=dataclasses.replace(run.test, measure=False))
+    with pytest.raises(ValueError, match="not timed"):
+        remeasure_checkpoint(untimed, checkpoint, runs_root=tmp_path)
 
 
 def test_crash_keeps_finished_stages_and_resume_does_not_redo_them(tmp_path, data_dir, monkeypatch):
