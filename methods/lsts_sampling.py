@@ -53,8 +53,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from harness.aggregation import Alignment, AlignmentOutput, TemporalContext, register
-from methods._checks import check_channels
+from harness.aggregation import register
+from methods._propagation import EmbeddedPropagation
 from ops.lsts_sampling import gaussian_locations, grid_locations, lsts_aggregate
 from ops.matchtrans import NORMALIZATIONS
 
@@ -62,8 +62,6 @@ Init = Literal["uniform", "gaussian"]
 INITS = ("uniform", "gaussian")
 # The official configs' N per initialisation (lsts_uniform.yaml: 81 = 9 x 9; lsts_gaussian.yaml: 40).
 OFFICIAL_NUM_LOCATIONS = {"uniform": 81, "gaussian": 40}
-# Std of the official init of the embedding convs (init_weight: mx.random.normal(0, 0.01)).
-EMBEDDING_INIT_STD = 0.01
 # Learning-rate multiplier of the locations (AdamW, phase-2 lr 1e-3, 300 steps, cosine after 20
 # warm-up steps): an AdamW step moves a parameter by at most ~lr, so with 1 the locations could move
 # ~0.3 cells in a whole phase 2 and "learned vs fixed" would test nothing. Chosen by measurement:
@@ -97,16 +95,8 @@ def initial_locations(init: str, num_locations: int | None = None, *, scale: flo
     return gaussian_locations(count, std=scale)
 
 
-def embedding_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """A 1x1 embedding conv initialised as the official code: weights N(0, 0.01^2), zero bias."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-    nn.init.normal_(conv.weight, std=EMBEDDING_INIT_STD)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
 @register("alignment", "lsts")
-class LSTSAlignment(Alignment):
+class LSTSAlignment(EmbeddedPropagation):
     """LSTS: softmax attention at N learnable fractional locations shared by all positions.
 
     Args:
@@ -124,8 +114,6 @@ class LSTSAlignment(Alignment):
     the reference grid, support by support.
     """
 
-    moves_values = True
-
     def __init__(
         self,
         channels: int,
@@ -139,25 +127,21 @@ class LSTSAlignment(Alignment):
         location_lr_mult: float = DEFAULT_LOCATION_LR_MULT,
         impl: str = "auto",
     ):
-        super().__init__(channels)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         if not location_lr_mult > 0 or not math.isfinite(location_lr_mult):
             raise ValueError(f"location_lr_mult must be a finite number > 0, got {location_lr_mult!r}")
-        embed = max(channels // 2, 1) if embed_channels is None else embed_channels
-        if embed < 1:
-            raise ValueError(f"embed_channels must be >= 1, got {embed_channels!r}")
+        # drawn before the embeddings' weights (the order of the global generator's draws)
+        start = initial_locations(init, num_locations, scale=init_scale)  # (N, 2) (dy, dx)
+        super().__init__(channels, embed_channels=embed_channels)
         self.init, self.normalize, self.impl = init, normalize, impl
         self.learn_locations = learn_locations
         self.location_lr_mult = float(location_lr_mult)
-        start = initial_locations(init, num_locations, scale=init_scale)  # (N, 2) (dy, dx)
         self.register_buffer("initial_locations", start.clone())
         if learn_locations:
             self.locations = nn.Parameter(start.clone())
         else:
             self.register_buffer("locations", start.clone())
-        self.key_embedding = embedding_conv(channels, embed)  # f, on the source (support)
-        self.query_embedding = embedding_conv(channels, embed)  # g, on the target (reference)
 
     @property
     def num_locations(self) -> int:
@@ -174,36 +158,11 @@ class LSTSAlignment(Alignment):
         """Current minus initial locations, ``Tensor[N, 2]`` of (dy, dx) in feature cells."""
         return (self.locations - self.initial_locations).detach().clone()
 
-    def propagate(self, target: Tensor, source: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Move ``values`` from the source frames onto the target frames.
-
-        Args:
-            target (Tensor[N, C, H, W]): features of the frames being computed (embedded by g).
-            source (Tensor[N, C, H, W]): features of the frames moved from (embedded by f).
-            values (Tensor[N, C', H, W]): what is moved (the source itself, or a memory).
-        Returns:
-            moved (Tensor[N, C', H, W]) and weights (Tensor[N, K, H, W]), the normalised S_n(p).
-        """
-        return self._attend(self.query_embedding(target), source, values)
-
     def _attend(self, query: Tensor, source: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`propagate` with the target already embedded: ``query`` (N, E, H, W)."""
+        """Weights: the normalised S_n(p), Tensor[N, K, H, W]."""
         key = self.key_embedding(source)  # (N, E, H, W)
         locations = self.locations.to(dtype=query.dtype)
         return lsts_aggregate(query, key, values, locations, normalize=self.normalize, impl=self.impl)
-
-    def forward(self, ctx: TemporalContext) -> AlignmentOutput:
-        ctx.validate()
-        check_channels("supports", ctx.supports, self.channels, dim=2)
-        check_channels("reference", ctx.reference, self.channels, dim=1)
-        values = self.values_to_move(ctx)  # (B, T, C', H, W)
-        b, t, c, h, w = values.shape
-        if t == 0:
-            return AlignmentOutput(values, {})
-        # g once per reference, shared by its T supports: (B, E, H, W) -> (B*T, E, H, W), b-major
-        query = self.query_embedding(ctx.reference).repeat_interleave(t, dim=0)
-        moved, _ = self._attend(query, ctx.supports.flatten(0, 1), values.flatten(0, 1))
-        return AlignmentOutput(features=moved.reshape(b, t, c, h, w), aux={})  # (B*T, C') -> (B, T, C')
 
     def extra_repr(self) -> str:
         return (
