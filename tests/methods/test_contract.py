@@ -29,6 +29,7 @@ VARIANTS: dict[str, list[dict]] = {
     "flow_warp": [{"flow_source": "flownet"}, {"flow_source": "farneback"}, {"flow_source": "oracle"}],
     "stsn": [{"num_layers": 2, "deformable_groups": 2}],
     "ssvd_sampling": [{}, {"learned_weights": True}, {"flow_guidance": True}],
+    "lsts": [{}, {"init": "uniform", "learn_locations": False}, {"normalize": "sum", "num_locations": 9}],
 }
 
 # Aggregator name -> the AggregationConfig it is checked with (default: AggregationConfig(aggregator=name)).
