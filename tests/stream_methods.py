@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from harness.aggregation import AggregationOutput, StreamAggregator, StreamFrame, TemporalContext
 
@@ -59,16 +60,24 @@ class WindowAsStream(StreamAggregator):
 
 
 class HoldKeyframe(StreamAggregator):
-    """Keyframes: their own full features; non-keyframes: the video's last keyframe's features."""
+    """Keyframes: their own full features; non-keyframes: the video's last keyframe's features,
+    times a learnable ``gain`` (1 at init: the output is then exactly the held features).
+
+    ``calls`` records every step as ``(keyframe (B,) bool, frame_ids (B,) int64)``.
+    """
 
     def __init__(self, *, keyframe_interval: int):
         super().__init__(keyframe_interval=keyframe_interval)
+        self.gain = nn.Parameter(torch.ones(()))
+        self.calls: list[tuple[list[bool], list[int]]] = []
 
     def step(self, frame: StreamFrame, states: list[Any]) -> AggregationOutput:
+        self.calls.append((frame.keyframe.tolist(), frame.frame_ids.tolist()))
         for index, row in enumerate(frame.key_rows.tolist()):
             states[row]["features"] = frame.high[index]
         missing = [row for row, state in enumerate(states) if "features" not in state]
         if missing:
             raise ValueError(f"rows {missing} reached a non-keyframe before any keyframe")
         features = torch.stack([state["features"] for state in states])  # (B, C, H, W)
-        return AggregationOutput({"main": features}, {"keyframe": frame.keyframe.clone()})
+        held = torch.where(frame.keyframe[:, None, None, None], features, features * self.gain)
+        return AggregationOutput({"main": held}, {"keyframe": frame.keyframe.clone()})
