@@ -246,6 +246,35 @@ def predict_window_videos(
     return detections
 
 
+def stream_features(
+    detector: Any, images: Tensor, *, positions: list[int], frame_ids: list[int], states: list[Any]
+) -> Any:
+    """One stream step on one frame of each of B videos: uint8 ``images (B, 3, S, S)`` at frame
+    ``positions`` (0-based, in each video) with ``frame_ids``; ``states`` are updated in place.
+
+    ``forward_low`` on every frame, ``forward_high`` only on the rows the aggregator calls keyframes,
+    then ``detector.stream_step``; returns its ``AggregationOutput`` (streams (B, C, H, W)). The one
+    per-frame path of the stream engine and of ``harness.measure``."""
+    aggregator = detector.aggregator
+    device = images.device
+    keyframe = torch.tensor([bool(aggregator.is_keyframe(p)) for p in positions], device=device)  # (B,)
+    low = detector.extract_low(images)  # (B, Cl, S/4, S/4)
+    if bool(keyframe.any()):
+        high = detector.extract_high(low[keyframe])  # (R, C, S/8, S/8)
+    else:
+        grid = images.shape[-1] // detector.feature_stride
+        high = low.new_zeros((0, detector.backbone.out_channels, grid, grid))
+    frame = StreamFrame(
+        low=low,
+        keyframe=keyframe,
+        high=high,
+        frame_ids=torch.tensor(frame_ids, dtype=torch.int64, device=device),
+        images=images if aggregator.needs_images else None,
+        feature_stride=detector.feature_stride,
+    )
+    return detector.stream_step(frame, states)
+
+
 @dataclass
 class _StreamCursor:
     """One video in a stream slot: its next frame and the method's state for it."""
@@ -289,7 +318,6 @@ def predict_stream_videos(
         raise ValueError(
             f"{type(aggregator).__name__}.is_keyframe(0) is False: a video must start at a keyframe"
         )
-    needs_images = bool(aggregator.needs_images)
     pending: Iterable[VideoRecord] = iter(videos)
     active: list[_StreamCursor] = []
     detections: Detections = {}
@@ -306,25 +334,15 @@ def predict_stream_videos(
     while active:
         loaded = [load_frame(cursor.video, cursor.position) for cursor in active]
         images = torch.stack([image for image, _ in loaded]).to(device)  # (B, 3, S, S)
-        keyframe = torch.tensor(
-            [bool(aggregator.is_keyframe(cursor.position)) for cursor in active], device=device
-        )  # (B,) bool
-        low = detector.extract_low(images)  # (B, Cl, S/4, S/4)
-        high = detector.extract_high(low[keyframe]) if bool(keyframe.any()) else None  # (R, C, S/8, S/8)
-        if high is None:
-            grid = image_size // detector.feature_stride
-            high = low.new_zeros((0, detector.backbone.out_channels, grid, grid))
         frames = [cursor.video.frames[cursor.position] for cursor in active]
-        step = StreamFrame(
-            low=low,
-            keyframe=keyframe,
-            high=high,
-            frame_ids=torch.tensor([frame.frame_id for frame in frames], dtype=torch.int64, device=device),
-            images=images if needs_images else None,
-            feature_stride=detector.feature_stride,
-        )
         states = [cursor.state for cursor in active]
-        agg_out = detector.stream_step(step, states)
+        agg_out = stream_features(
+            detector,
+            images,
+            positions=[cursor.position for cursor in active],
+            frame_ids=[frame.frame_id for frame in frames],
+            states=states,
+        )
         for cursor, state in zip(active, states, strict=True):
             cursor.state = state
         if collect is not None:
