@@ -12,12 +12,14 @@ are not timed (they depend on the disk and the JPEG decoder).
 Stream mode (``aggregator.mode == "stream"``, ``harness.infer.predict_stream_videos``): a frame
 costs ``forward_low``, ``forward_high`` only on keyframes, one step and the head, so keyframes and
 non-keyframes cost differently. :func:`measure` then runs ``batch_size`` synthetic videos in lockstep
-through the engine's own per-frame path (``harness.infer.stream_features``) for ``iters`` keyframe
-intervals (``iters * keyframe_interval`` timed frames, a fresh stream starting at a keyframe, after
-``warmup`` frames of another) and reports the keyframes' and the non-keyframes' cost separately
+through the engine's own per-frame path (``harness.infer.stream_features``): at least ``warmup``
+untimed frames from the stream's start, then ``iters`` keyframe intervals (``iters *
+keyframe_interval`` timed frames from the next keyframe on, so every timed keyframe has a memory to
+update, as in the middle of a video), and reports the keyframes' and the non-keyframes' cost separately
 (``keyframe``, ``non_keyframe``) and the amortised per-frame cost (``frame``, ``parts``, ``fps``: the
 statistics over the ``iters`` intervals of each interval's mean frame). FLOPs are counted on one
-keyframe and one non-keyframe and amortised by the share of keyframes in the timed stream.
+steady-state keyframe (the stream's second) and one non-keyframe and amortised by the share of
+keyframes in the timed stream.
 
 Parts are named scopes. The detector and the aggregators open ``with scope("alignment"):`` (or
 decorate a method with ``@scope("backbone")``) around the code of a part; :func:`measure` picks up
@@ -529,9 +531,11 @@ def _measure_stream(
         )
         detector.detect(agg_out, image_size)
 
-    # FLOPs: a keyframe (position 0 of a stream) and a non-keyframe (the first one after it)
-    kinds = {"keyframe": 0}
-    non_key = next((p for p in range(1, 2 * interval + 1) if not aggregator.is_keyframe(p)), None)
+    # FLOPs: a steady-state keyframe (the first after position 0, so it has a memory to update) and
+    # the first non-keyframe, each after the frames before it in the same stream
+    horizon = range(1, 2 * interval + 2)
+    kinds = {"keyframe": next(p for p in horizon if aggregator.is_keyframe(p))}
+    non_key = next((p for p in horizon if not aggregator.is_keyframe(p)), None)
     if non_key is not None:
         kinds["non_keyframe"] = non_key
     counted: dict[str, _Recorder] = {}
@@ -546,17 +550,21 @@ def _measure_stream(
                 run_frame(position, states)
         counted_flops[kind] = int(counter.get_total_flops())
 
+    # warm-up: the first frames of the stream (at least its first keyframe), untimed; the timed frames
+    # continue the stream from the next keyframe on, in steady state
     states = new_stream()
-    for position in range(warmup):
+    start = next(
+        p for p in range(max(warmup, 1), max(warmup, 1) + 2 * interval + 1) if aggregator.is_keyframe(p)
+    )
+    for position in range(start):
         run_frame(position, states)
     recorder = _Recorder(device)
     frame_seconds: list[float] = []
     part_seconds: list[dict[str, float]] = []
     part_calls: list[dict[str, int]] = []
     is_key: list[bool] = []
-    states = new_stream()
     with _recording(recorder):
-        for position in range(iters * interval):
+        for position in range(start, start + iters * interval):
             recorder.new_frame()
             _synchronize(device)
             tic = time.perf_counter()
@@ -635,6 +643,7 @@ def _measure_stream(
         "non_keyframe": by_kind["non_keyframe"],
         "keyframe_interval": interval,
         "key_fraction": key_fraction,
+        "first_timed_position": start,
         "params": count_parameters(detector),
         "image_size": image_size,
         "num_supports": 0,
@@ -650,8 +659,8 @@ def _measure_stream(
         "torch_version": torch.__version__,
         "timed": (
             f"stream engine at batch {batch_size} (videos in lockstep): {iters} keyframe intervals of "
-            f"{interval} frames ({iters * interval} timed frames of a fresh stream starting at a keyframe, "
-            f"after {warmup} warm-up frames of another): forward_low on uint8 {image_size}x{image_size} "
+            f"{interval} frames ({iters * interval} timed frames from position {start} of a stream whose "
+            f"first {start} frames were the untimed warm-up): forward_low on uint8 {image_size}x{image_size} "
             "frames, forward_high on keyframes, the method's step, head with post-processing (NMS); "
             "keyframe and non_keyframe: statistics over those frames; frame and parts (amortised): "
             "statistics over the intervals of each interval's mean frame; time.perf_counter"
@@ -661,7 +670,7 @@ def _measure_stream(
         ),
         "flops_note": (
             "FLOPs from torch.utils.flop_counter.FlopCounterMode (matmul/conv, 2 per multiply-add) on "
-            "one keyframe and one non-keyframe (per batch of "
+            "one steady-state keyframe (the stream's second) and one non-keyframe (per batch of "
             f"{batch_size}), per part as the counter's increase inside the part's scope; amortised "
             f"= key_fraction ({key_fraction:.3f}) x keyframe + the rest x non-keyframe; custom ops "
             "are counted by their torch decomposition only; elementwise ops are not counted"

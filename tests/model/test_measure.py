@@ -332,17 +332,25 @@ def test_scopes_show_in_torch_profiler_as_vodbench_ranges():
 
 
 class LiftNonKeyframes(StreamAggregator):
-    """Keyframes: their full features; non-keyframes: a 1x1 conv on the 2x-pooled low-level features
-    inside scope("transform") (2 * width * C FLOPs per cell)."""
+    """Keyframes: their full features, through a 1x1 conv in scope("update") when the video had an
+    earlier keyframe (a memory update: 2 * C * C FLOPs per cell); non-keyframes: a 1x1 conv on the
+    2x-pooled low-level features inside scope("transform") (2 * width * C FLOPs per cell)."""
 
     def __init__(self, *, keyframe_interval: int, width: int = 8):
         super().__init__(keyframe_interval=keyframe_interval)
         self.lift = nn.Conv2d(width, CHANNELS, 1, bias=False)
+        self.update = nn.Conv2d(CHANNELS, CHANNELS, 1, bias=False)
 
     def step(self, frame: StreamFrame, states: list) -> AggregationOutput:
         features = frame.low.new_zeros((frame.batch_size, CHANNELS, *frame.high.shape[-2:]))
         if frame.high.shape[0]:
             features[frame.key_rows] = frame.high
+            seen = [row for row in frame.key_rows.tolist() if states[row].get("seen")]
+            if seen:
+                with scope("update"):
+                    features[seen] = self.update(features[seen])
+            for row in frame.key_rows.tolist():
+                states[row]["seen"] = True
         rest = (~frame.keyframe).nonzero().flatten()
         if len(rest):
             with scope("transform"):
@@ -366,6 +374,10 @@ def test_stream_mode_reports_keyframes_non_keyframes_and_the_amortised_cost():
         detector.heads["main"], torch.zeros(1, CHANNELS, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
     )
     lift_flops = 2 * 8 * CHANNELS * FEATURE_CELLS
+    update_flops = 2 * CHANNELS * CHANNELS * FEATURE_CELLS
+    # steady state: every timed keyframe (and the counted one) updates an earlier keyframe's memory
+    assert key["parts"]["update"]["flops"] == update_flops and key["parts"]["update"]["frames"] == 4
+    assert result["first_timed_position"] == 3 and result["warmup"] == 1
     assert key["parts"]["backbone"]["flops"] == full_flops
     assert key["parts"]["backbone_low"]["flops"] == low_flops
     assert key["parts"]["backbone_high"]["flops"] == full_flops - low_flops
@@ -374,7 +386,7 @@ def test_stream_mode_reports_keyframes_non_keyframes_and_the_amortised_cost():
     assert non_key["parts"]["backbone"]["flops"] == low_flops
     assert non_key["parts"]["transform"]["flops"] == lift_flops
     assert non_key["parts"]["transform"]["parent"] == "aggregation"
-    assert key["flops"] == full_flops + head_flops
+    assert key["flops"] == full_flops + update_flops + head_flops
     assert non_key["flops"] == low_flops + lift_flops + head_flops
     assert result["frame"]["flops"] == round((key["flops"] + 2 * non_key["flops"]) / 3)
     assert result["parts"]["backbone_high"]["flops"] == round((full_flops - low_flops) / 3)
