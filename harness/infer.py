@@ -22,7 +22,7 @@ Both write detections with :func:`_store_detections`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,16 @@ def to_original_pixels(boxes: Tensor, *, scale: float, frame: FrameRecord) -> np
     return boxes.numpy().astype(np.float32)
 
 
+def _refill(active: list, pending: Iterator[VideoRecord], batch_videos: int, start: Callable) -> None:
+    """Fill ``active`` up to ``batch_videos`` slots with ``start(video)`` of the next non-empty videos."""
+    while len(active) < batch_videos:
+        video = next(pending, None)
+        if video is None:
+            return
+        if len(video):
+            active.append(start(video))
+
+
 def _store_detections(
     detections: Detections, frames: list[FrameRecord], scales: list[float], triples: list[Any]
 ) -> None:
@@ -148,22 +158,17 @@ def predict_window_videos(
     needs_flow = bool(detector.aggregator.needs_oracle_flow)
     if needs_flow and oracle_flow_fn is None:
         raise ValueError("the aggregator needs oracle flow but no oracle_flow_fn was given")
-    pending: Iterable[VideoRecord] = iter(videos)
+    pending: Iterator[VideoRecord] = iter(videos)
     active: list[_VideoCursor] = []
     detections: Detections = {}
 
+    def start(video: VideoRecord) -> _VideoCursor:
+        supports, last_use = plan_supports(len(video), support)
+        frame_ids = np.array([frame.frame_id for frame in video.frames], np.int64)
+        return _VideoCursor(video=video, supports=supports, last_use=last_use, frame_ids=frame_ids)
+
     def refill() -> None:
-        while len(active) < batch_videos:
-            video = next(pending, None)
-            if video is None:
-                return
-            if len(video) == 0:
-                continue
-            supports, last_use = plan_supports(len(video), support)
-            frame_ids = np.array([frame.frame_id for frame in video.frames], np.int64)
-            active.append(
-                _VideoCursor(video=video, supports=supports, last_use=last_use, frame_ids=frame_ids)
-            )
+        _refill(active, pending, batch_videos, start)
 
     refill()
     while active:
@@ -318,17 +323,12 @@ def predict_stream_videos(
         raise ValueError(
             f"{type(aggregator).__name__}.is_keyframe(0) is False: a video must start at a keyframe"
         )
-    pending: Iterable[VideoRecord] = iter(videos)
+    pending: Iterator[VideoRecord] = iter(videos)
     active: list[_StreamCursor] = []
     detections: Detections = {}
 
     def refill() -> None:
-        while len(active) < batch_videos:
-            video = next(pending, None)
-            if video is None:
-                return
-            if len(video):
-                active.append(_StreamCursor(video=video, state=aggregator.init_state()))
+        _refill(active, pending, batch_videos, lambda video: _StreamCursor(video, aggregator.init_state()))
 
     refill()
     while active:

@@ -209,6 +209,18 @@ def _device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def _environment(device: torch.device) -> dict[str, Any]:
+    """Where a measurement ran: device, its name, CPU model, torch threads and version."""
+    return {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Windows, parameters, statistics
 # ---------------------------------------------------------------------------------------------
@@ -431,12 +443,7 @@ def measure(
         "batch_size": batch_size,
         "iters": iters,
         "warmup": warmup,
-        "device": str(device),
-        "device_name": _device_name(device),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch_version": torch.__version__,
+        **_environment(device),
         "timed": (
             f"steady-state per-frame cost of the sliding-buffer engine at batch {batch_size}: backbone "
             f"on uint8 {image_size}x{image_size} frames + aggregation over {num_supports} cached support "
@@ -651,12 +658,7 @@ def _measure_stream(
         "batch_size": batch_size,
         "iters": iters,
         "warmup": warmup,
-        "device": str(device),
-        "device_name": _device_name(device),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch_version": torch.__version__,
+        **_environment(device),
         "timed": (
             f"stream engine at batch {batch_size} (videos in lockstep): {iters} keyframe intervals of "
             f"{interval} frames ({iters * interval} timed frames from position {start} of a stream whose "
