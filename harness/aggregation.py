@@ -28,7 +28,26 @@ Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"
   support: weight index 0 belongs to it.
 * ``aggregator``: ``forward(ctx) -> AggregationOutput``. The thing the detector holds.
   :class:`WindowAggregator` (``"aggregator:window"``) composes an alignment and a fusion; a method
-  that is not such a composition registers its own ``"aggregator:<name>"``.
+  that is not such a composition registers its own ``"aggregator:<name>"``. A
+  :class:`StreamAggregator` (``mode = "stream"``, LSTS) is fed the frames of each video in order
+  instead: see "Stream mode" below.
+
+Stream mode (``StreamAggregator``; engine ``harness.infer.predict_stream_videos``)
+    Each call of ``step(frame, states)`` gets one frame of each of B videos (``StreamFrame``) and the
+    videos' states (one object per video, made by ``init_state()`` when a video starts: a new video
+    never sees another's state). The method decides which frames are keyframes from each video's
+    own frame position (``is_keyframe(position)``), so videos batched together never drift out of
+    step; the engine then computes the full backbone only for the keyframe rows:
+
+    low        (B, Cl, Hl, Wl)   ``backbone.forward_low`` of every frame (Hl = S/4 here)
+    keyframe   (B,) bool         which rows are keyframes
+    high       (R, C, H, W)      ``backbone.forward_high(low[keyframe])``, R = keyframe.sum()
+    frame_ids  (B,) int64        frame ids (offsets between frames are differences of these)
+    images     (B, 3, Hi, Wi)    uint8 frames, when the method declares ``needs_images``
+
+    Training feeds a clip (``StreamClip``: keyframes with full features, then the current frame with
+    low features only, loss on the current frame) through the same ``step``:
+    :meth:`StreamAggregator.forward_clip`.
 
 Parts register with :func:`register` when their module is imported. The registry imports the
 modules named by the ``vodbench.methods`` entry-point group (``pyproject.toml``: the builtin
@@ -195,8 +214,8 @@ class Fusion(nn.Module):
 class TemporalAggregator(nn.Module):
     """What the detector holds between backbone and head."""
 
-    # "window": one forward(ctx) per batch of references (the only inference engine today). A stream
-    # method (frames fed one by one) would declare another mode together with its engine.
+    # "window": one forward(ctx) per batch of references (harness.infer.predict_window_videos);
+    # "stream": frames of each video fed in order with per-video state (StreamAggregator).
     mode: ClassVar[str] = "window"
     stream_names: tuple[str, ...] = ("main",)
     box_fusion_iou: float = 0.5  # late fusion NMS IoU when there are several streams
@@ -246,6 +265,210 @@ class WindowAggregator(TemporalAggregator):
         if fused.weights is not None:
             aux["fusion_weights"] = fused.weights
         return AggregationOutput({"main": fused.features}, aux)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream mode
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_KEYFRAME_INTERVAL = 10  # LSTS, DFF, FGFA's keyframe interval on ImageNet VID
+
+
+@dataclass
+class StreamFrame:
+    """One frame of each of B videos, as a stream aggregator's ``step`` sees it.
+
+    Attributes:
+        low: (B, Cl, Hl, Wl) low-level features (``backbone.forward_low``) of every frame.
+        keyframe: (B,) bool, the rows the method called keyframes (``is_keyframe``).
+        high: (R, C, H, W) full features (``backbone.forward_high(low[keyframe])``) of the keyframe
+            rows in row order, R = ``keyframe.sum()``; non-keyframes never get them.
+        frame_ids: (B,) int64 frame ids: the frame offset between two frames of a video is the
+            difference of their ids (ids may skip frames, as the window engine's offsets do).
+        images: (B, 3, Hi, Wi) uint8 frames when the aggregator declares ``needs_images``, else None.
+        feature_stride: image pixels per cell of ``high`` (Hi / H).
+    """
+
+    low: Tensor
+    keyframe: Tensor
+    high: Tensor
+    frame_ids: Tensor
+    images: Tensor | None = None
+    feature_stride: int = 8
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.low.shape[0])
+
+    @property
+    def key_rows(self) -> Tensor:
+        """(R,) int64 row indices of the keyframes (``high[i]`` belongs to row ``key_rows[i]``)."""
+        return self.keyframe.nonzero().flatten()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field whose shape disagrees with ``low``."""
+        if self.low.dim() != 4:
+            raise ValueError(f"low must be (B, Cl, Hl, Wl), got {tuple(self.low.shape)}")
+        b = self.batch_size
+        if tuple(self.keyframe.shape) != (b,) or self.keyframe.dtype != torch.bool:
+            raise ValueError(
+                f"keyframe must be a (B={b},) bool tensor, got {self.keyframe.dtype} "
+                f"{tuple(self.keyframe.shape)}"
+            )
+        r = int(self.keyframe.sum())
+        if self.high.dim() != 4 or self.high.shape[0] != r:
+            raise ValueError(f"high must be (R={r} keyframes, C, H, W), got {tuple(self.high.shape)}")
+        if tuple(self.frame_ids.shape) != (b,):
+            raise ValueError(f"frame_ids must be (B={b},), got {tuple(self.frame_ids.shape)}")
+        if self.images is not None and (self.images.dim() != 4 or self.images.shape[0] != b):
+            raise ValueError(f"images must be (B={b}, 3, Hi, Wi), got {tuple(self.images.shape)}")
+
+
+@dataclass
+class StreamClip:
+    """A batch of training clips for a stream method: T keyframes, then the current frame.
+
+    The keyframes are fed in order (row by row, only where ``valid``) as keyframes with full
+    features, then the current frame as a non-keyframe with low-level features only; the loss is
+    taken on the current frame. Where the last valid keyframe *is* the current frame (offset 0),
+    the current frame is a keyframe and its output is that keyframe's (LSTS's official training
+    does the same with its ``eq_flag_key2cur``).
+
+    Attributes:
+        key_low: (B, T, Cl, Hl, Wl) low-level features of the keyframes.
+        key_high: (B, T, C, H, W) their full features.
+        key_offsets: (B, T) int64 keyframe frame id minus the current frame's (the current frame has
+            id 0 in the steps).
+        valid: (B, T) bool, False for padded slots.
+        current_low: (B, Cl, Hl, Wl) low-level features of the current frame.
+        key_images: (B, T, 3, Hi, Wi) / current_image: (B, 3, Hi, Wi) uint8, or None.
+    """
+
+    key_low: Tensor
+    key_high: Tensor
+    key_offsets: Tensor
+    valid: Tensor
+    current_low: Tensor
+    key_images: Tensor | None = None
+    current_image: Tensor | None = None
+    feature_stride: int = 8
+
+    def validate(self) -> None:
+        b, t = self.key_high.shape[:2]
+        if self.key_high.dim() != 5:
+            raise ValueError(f"key_high must be (B, T, C, H, W), got {tuple(self.key_high.shape)}")
+        if self.key_low.dim() != 5 or tuple(self.key_low.shape[:2]) != (b, t):
+            raise ValueError(f"key_low must be (B={b}, T={t}, Cl, Hl, Wl), got {tuple(self.key_low.shape)}")
+        for name in ("key_offsets", "valid"):
+            if tuple(getattr(self, name).shape) != (b, t):
+                raise ValueError(f"{name} must be (B={b}, T={t}), got {tuple(getattr(self, name).shape)}")
+        if tuple(self.current_low.shape) != (b, *self.key_low.shape[2:]):
+            raise ValueError(
+                f"current_low must be (B={b}, {', '.join(map(str, self.key_low.shape[2:]))}), "
+                f"got {tuple(self.current_low.shape)}"
+            )
+        if (self.key_images is None) != (self.current_image is None):
+            raise ValueError("key_images and current_image must be given together")
+        if not bool(self.valid.any(dim=1).all()):
+            rows = (~self.valid.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"rows {rows} have no valid keyframe: a stream starts at a keyframe")
+
+
+class StreamAggregator(TemporalAggregator):
+    """A method fed the frames of each video in order, with per-video state (see the module docstring).
+
+    Subclasses implement :meth:`step` (and :meth:`init_state` when a dict is not what they keep);
+    :meth:`is_keyframe` picks every ``keyframe_interval``-th frame of each video, starting with its
+    first (LSTS's official online test loader, ``lsts_rfcn/core/loader.py``
+    ``TestLoader_Impression_Online``: frames 0, 10, 20, ... of every video).
+    """
+
+    mode: ClassVar[str] = "stream"
+
+    def __init__(self, *, keyframe_interval: int = DEFAULT_KEYFRAME_INTERVAL):
+        super().__init__()
+        if (
+            isinstance(keyframe_interval, bool)
+            or not isinstance(keyframe_interval, int)
+            or keyframe_interval < 1
+        ):
+            raise ValueError(f"keyframe_interval must be an int >= 1, got {keyframe_interval!r}")
+        self.keyframe_interval = keyframe_interval
+
+    def is_keyframe(self, position: int) -> bool:
+        """Whether frame ``position`` (0-based index in its video) gets full backbone features."""
+        return position % self.keyframe_interval == 0
+
+    def init_state(self) -> Any:
+        """The state of a video before its first frame (one per video; never shared)."""
+        return {}
+
+    def step(self, frame: StreamFrame, states: list[Any]) -> AggregationOutput:  # pragma: no cover
+        """Features of one frame of each of B videos: ``AggregationOutput`` streams (B, C, H, W).
+
+        ``states[i]`` is video i's state; the method updates it in place or assigns a new object
+        to ``states[i]``.
+        """
+        raise NotImplementedError
+
+    def forward(self, ctx: TemporalContext) -> AggregationOutput:
+        raise TypeError(
+            f"{type(self).__name__} is a stream aggregator: it is run frame by frame with step() "
+            "(harness.infer.predict_stream_videos) and trained with forward_clip(), not forward(ctx)"
+        )
+
+    def forward_clip(self, clip: StreamClip) -> AggregationOutput:
+        """The training path: ``clip``'s keyframes then its current frame through :meth:`step`.
+
+        Returns the current frames' streams (B, C, H, W); ``aux`` is the current-frame step's when
+        every current frame was a non-keyframe, else empty.
+        """
+        clip.validate()
+        b, t = clip.valid.shape
+        states = [self.init_state() for _ in range(b)]
+        with_images = clip.key_images is not None
+        outputs: dict[str, Tensor] = {}
+        current_is_key = torch.zeros(b, dtype=torch.bool, device=clip.valid.device)
+
+        def run(rows: Tensor, frame: StreamFrame) -> AggregationOutput:
+            sub_states = [states[i] for i in rows.tolist()]
+            out = self.step(frame, sub_states)
+            for i, state in zip(rows.tolist(), sub_states, strict=True):
+                states[i] = state
+            for name, value in out.streams.items():
+                base = outputs.get(name, value.new_zeros((b, *value.shape[1:])))
+                outputs[name] = base.index_copy(0, rows, value)  # out of place: gradients flow
+            return out
+
+        for slot in range(t):
+            rows = clip.valid[:, slot].nonzero().flatten()
+            if not len(rows):
+                continue
+            frame = StreamFrame(
+                low=clip.key_low[rows, slot],
+                keyframe=torch.ones(len(rows), dtype=torch.bool, device=rows.device),
+                high=clip.key_high[rows, slot],
+                frame_ids=clip.key_offsets[rows, slot],
+                images=clip.key_images[rows, slot] if with_images else None,
+                feature_stride=clip.feature_stride,
+            )
+            run(rows, frame)
+            current_is_key[rows] = clip.key_offsets[rows, slot] == 0
+        rows = (~current_is_key).nonzero().flatten()
+        aux: dict[str, Tensor] = {}
+        if len(rows):
+            frame = StreamFrame(
+                low=clip.current_low[rows],
+                keyframe=torch.zeros(len(rows), dtype=torch.bool, device=rows.device),
+                high=clip.key_high.new_zeros((0, *clip.key_high.shape[2:])),
+                frame_ids=torch.zeros(len(rows), dtype=torch.int64, device=rows.device),
+                images=clip.current_image[rows] if with_images else None,
+                feature_stride=clip.feature_stride,
+            )
+            out = run(rows, frame)
+            if len(rows) == b:
+                aux = dict(out.aux)
+        return AggregationOutput(outputs, aux)
 
 
 # ---------------------------------------------------------------------------------------------

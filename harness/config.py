@@ -37,6 +37,8 @@ SupportStrategy = Literal[
     "clip",  # STMN: a clip of `num` frames at frame stride `stride`, reference in the middle
     "sliding",  # test time: every frame within +-`radius` at `stride` (FGFA/STSN: T = 2*radius/stride + 1)
     "buffer_uniform",  # SSVD test time: `num` frames chosen uniformly from a buffer of 2*`radius`+1 frames
+    "causal",  # online window: the `num` previous frames at `stride` (offsets -num*stride .. -stride)
+    "keyframe_triplet",  # LSTS training: old and new keyframe around the current frame, `radius` = L
 ]
 
 

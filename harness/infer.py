@@ -12,13 +12,17 @@ References of up to ``batch_videos`` videos are processed together: one backbone
 iteration on all frames the batch newly needs, one aggregator call and one head call on the
 batch of references. A finished video's slot is refilled with the next video.
 
-Window aggregators (``aggregator.mode == "window"``, the only mode today) go through
-:func:`predict_window_videos`.
+Window aggregators (``aggregator.mode == "window"``) go through :func:`predict_window_videos`;
+stream aggregators (``"stream"``, ``harness.aggregation.StreamAggregator``) through
+:func:`predict_stream_videos`: each video's frames in order, one step per frame, the method's
+per-video state made fresh when a video starts, the full backbone only on the frames the method
+calls keyframes (by each video's own frame position, so batched videos never drift out of step).
+Both write detections with :func:`_store_detections`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from harness.aggregation import StreamFrame
 from harness.data.records import Detections, FrameDetections, FrameRecord, VideoRecord
 
 # collect(frames of the batch's references, offsets (B, T) int64, AggregationOutput.aux)
@@ -124,6 +129,29 @@ def _gather_supports(frames: list[dict[int, Tensor]], references: list[int], sup
     return torch.stack(per_video)
 
 
+def _refill(active: list, pending: Iterator[VideoRecord], batch_videos: int, start: Callable) -> None:
+    """Fill ``active`` up to ``batch_videos`` slots with ``start(video)`` of the next non-empty videos."""
+    while len(active) < batch_videos:
+        video = next(pending, None)
+        if video is None:
+            return
+        if len(video):
+            active.append(start(video))
+
+
+def _store_detections(
+    detections: Detections, frames: list[FrameRecord], scales: list[float], triples: list[Any]
+) -> None:
+    """Put each frame's ``(boxes, scores, labels)`` (letterboxed pixels) into ``detections`` in
+    original-frame pixels, as every engine writes them."""
+    for frame, scale, (boxes, scores, labels) in zip(frames, scales, triples, strict=True):
+        detections[(frame.video, frame.frame_id)] = FrameDetections(
+            boxes=to_original_pixels(boxes, scale=scale, frame=frame),
+            scores=scores.float().cpu().numpy(),
+            labels=labels.cpu().numpy().astype(np.int64),
+        )
+
+
 @torch.no_grad()
 def predict_window_videos(
     detector: Any,
@@ -143,22 +171,17 @@ def predict_window_videos(
     needs_flow = bool(detector.aggregator.needs_oracle_flow)
     if needs_flow and oracle_flow_fn is None:
         raise ValueError("the aggregator needs oracle flow but no oracle_flow_fn was given")
-    pending: Iterable[VideoRecord] = iter(videos)
+    pending: Iterator[VideoRecord] = iter(videos)
     active: list[_VideoCursor] = []
     detections: Detections = {}
 
+    def start(video: VideoRecord) -> _VideoCursor:
+        supports, last_use = plan_supports(len(video), support)
+        frame_ids = np.array([frame.frame_id for frame in video.frames], np.int64)
+        return _VideoCursor(video=video, supports=supports, last_use=last_use, frame_ids=frame_ids)
+
     def refill() -> None:
-        while len(active) < batch_videos:
-            video = next(pending, None)
-            if video is None:
-                return
-            if len(video) == 0:
-                continue
-            supports, last_use = plan_supports(len(video), support)
-            frame_ids = np.array([frame.frame_id for frame in video.frames], np.int64)
-            active.append(
-                _VideoCursor(video=video, supports=supports, last_use=last_use, frame_ids=frame_ids)
-            )
+        _refill(active, pending, batch_videos, start)
 
     refill()
     while active:
@@ -225,16 +248,121 @@ def predict_window_videos(
         frames = [c.video.frames[r] for c, r in zip(active, references, strict=True)]
         if collect is not None:
             collect(frames, offsets.cpu(), {k: v.detach().cpu() for k, v in agg_out.aux.items()})
-        for cursor, reference, frame, (boxes, scores, labels) in zip(
-            active, references, frames, detector.detect(agg_out, image_size), strict=True
-        ):
-            detections[(frame.video, frame.frame_id)] = FrameDetections(
-                boxes=to_original_pixels(boxes, scale=cursor.scales[reference], frame=frame),
-                scores=scores.float().cpu().numpy(),
-                labels=labels.cpu().numpy().astype(np.int64),
-            )
+        scales = [c.scales[r] for c, r in zip(active, references, strict=True)]
+        _store_detections(detections, frames, scales, detector.detect(agg_out, image_size))
+        for cursor, reference in zip(active, references, strict=True):
             cursor.evict(reference)
             cursor.next_reference += 1
+        progress_bar.update(len(active))
+        active[:] = [cursor for cursor in active if not cursor.done]
+        refill()
+    return detections
+
+
+def stream_features(
+    detector: Any, images: Tensor, *, positions: list[int], frame_ids: list[int], states: list[Any]
+) -> Any:
+    """One stream step on one frame of each of B videos: uint8 ``images (B, 3, S, S)`` at frame
+    ``positions`` (0-based, in each video) with ``frame_ids``; ``states`` are updated in place.
+
+    ``forward_low`` on every frame, ``forward_high`` only on the rows the aggregator calls keyframes,
+    then ``detector.stream_step``; returns its ``AggregationOutput`` (streams (B, C, H, W)). The one
+    per-frame path of the stream engine and of ``harness.measure``."""
+    aggregator = detector.aggregator
+    device = images.device
+    keyframe = torch.tensor([bool(aggregator.is_keyframe(p)) for p in positions], device=device)  # (B,)
+    low = detector.extract_low(images)  # (B, Cl, S/4, S/4)
+    if bool(keyframe.any()):
+        high = detector.extract_high(low[keyframe])  # (R, C, S/8, S/8)
+    else:
+        grid = images.shape[-1] // detector.feature_stride
+        high = low.new_zeros((0, detector.backbone.out_channels, grid, grid))
+    frame = StreamFrame(
+        low=low,
+        keyframe=keyframe,
+        high=high,
+        frame_ids=torch.tensor(frame_ids, dtype=torch.int64, device=device),
+        images=images if aggregator.needs_images else None,
+        feature_stride=detector.feature_stride,
+    )
+    return detector.stream_step(frame, states)
+
+
+@dataclass
+class _StreamCursor:
+    """One video in a stream slot: its next frame and the method's state for it."""
+
+    video: VideoRecord
+    state: Any
+    position: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.video)
+
+
+@torch.no_grad()
+def predict_stream_videos(
+    detector: Any,
+    videos: list[VideoRecord],
+    *,
+    image_size: int,
+    load_frame: FrameLoader,
+    batch_videos: int,
+    device: torch.device,
+    progress_bar: Any,
+    collect: CollectFn | None = None,
+) -> Detections:
+    """Stream inference for stream aggregators (see the module docstring).
+
+    Per iteration: the next frame of each of up to ``batch_videos`` videos; ``forward_low`` on all
+    of them, ``forward_high`` on the rows whose video is at a keyframe position
+    (``aggregator.is_keyframe(position)``), one ``step`` with the videos' states, one head call. A
+    finished video's slot is refilled with the next video and a fresh ``init_state()``. ``collect``
+    gets offsets of shape (B, 0) (a stream has no support window) and the step's aux.
+    """
+    aggregator = detector.aggregator
+    if aggregator.needs_oracle_flow:
+        raise ValueError(
+            f"{type(aggregator).__name__} needs oracle flow, which the stream engine does not load "
+            "(a stream method keeps what it needs of earlier frames in its state)"
+        )
+    if not aggregator.is_keyframe(0):
+        raise ValueError(
+            f"{type(aggregator).__name__}.is_keyframe(0) is False: a video must start at a keyframe"
+        )
+    pending: Iterator[VideoRecord] = iter(videos)
+    active: list[_StreamCursor] = []
+    detections: Detections = {}
+
+    def refill() -> None:
+        _refill(active, pending, batch_videos, lambda video: _StreamCursor(video, aggregator.init_state()))
+
+    refill()
+    while active:
+        loaded = [load_frame(cursor.video, cursor.position) for cursor in active]
+        images = torch.stack([image for image, _ in loaded]).to(device)  # (B, 3, S, S)
+        frames = [cursor.video.frames[cursor.position] for cursor in active]
+        states = [cursor.state for cursor in active]
+        agg_out = stream_features(
+            detector,
+            images,
+            positions=[cursor.position for cursor in active],
+            frame_ids=[frame.frame_id for frame in frames],
+            states=states,
+        )
+        for cursor, state in zip(active, states, strict=True):
+            cursor.state = state
+        if collect is not None:
+            collect(
+                frames,
+                torch.zeros((len(frames), 0), dtype=torch.int64),
+                {k: v.detach().cpu() for k, v in agg_out.aux.items()},
+            )
+        scales = [scale for _, scale in loaded]
+        _store_detections(detections, frames, scales, detector.detect(agg_out, image_size))
+        for cursor in active:
+            cursor.position += 1
         progress_bar.update(len(active))
         active[:] = [cursor for cursor in active if not cursor.done]
         refill()
@@ -258,7 +386,8 @@ def predict_split(
     Args:
         detector: a :class:`~harness.model.detector.VideoDetector` (put in eval mode here).
         videos: the split.
-        support: test-time ``SupportSpec`` (``support_indices`` decides the frames, deterministically).
+        support: test-time ``SupportSpec`` (``support_indices`` decides the frames, deterministically);
+            unused by stream aggregators, which choose their keyframes themselves.
         image_size: letterboxed frame size S.
         cache: a ``harness.data.cache.FrameCache`` for ``image_size`` (``frame(video, index)`` ->
             uint8 (3, S, S), ``scale(frame)``); None = a fresh in-memory one.
@@ -273,11 +402,22 @@ def predict_split(
     load_frame = build_frame_loader(cache, image_size)
     bar = tqdm(total=sum(len(v) for v in videos), desc="inference", unit="frame", disable=not progress)
     try:
-        if detector.aggregator.mode != "window":
-            raise NotImplementedError(
-                f"{type(detector.aggregator).__name__} has mode={detector.aggregator.mode!r}; only window "
-                "aggregators have an inference engine (a stream engine comes with the first stream method, "
-                "LSTS)"
+        mode = detector.aggregator.mode
+        if mode == "stream":
+            return predict_stream_videos(
+                detector,
+                videos,
+                image_size=image_size,
+                load_frame=load_frame,
+                batch_videos=batch_videos,
+                device=device,
+                progress_bar=bar,
+                collect=collect,
+            )
+        if mode != "window":
+            raise ValueError(
+                f"{type(detector.aggregator).__name__} has mode={mode!r}; the engines are 'window' "
+                "and 'stream'"
             )
         oracle_flow_fn = None
         if detector.aggregator.needs_oracle_flow:

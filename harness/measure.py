@@ -9,6 +9,18 @@ range, mean and minimum per frame and per part. The supports' offsets are those 
 because methods may read them (STMN orders its memory by offset). Frame decoding and letterboxing
 are not timed (they depend on the disk and the JPEG decoder).
 
+Stream mode (``aggregator.mode == "stream"``, ``harness.infer.predict_stream_videos``): a frame
+costs ``forward_low``, ``forward_high`` only on keyframes, one step and the head, so keyframes and
+non-keyframes cost differently. :func:`measure` then runs ``batch_size`` synthetic videos in lockstep
+through the engine's own per-frame path (``harness.infer.stream_features``): at least ``warmup``
+untimed frames from the stream's start, then ``iters`` keyframe intervals (``iters *
+keyframe_interval`` timed frames from the next keyframe on, so every timed keyframe has a memory to
+update, as in the middle of a video), and reports the keyframes' and the non-keyframes' cost separately
+(``keyframe``, ``non_keyframe``) and the amortised per-frame cost (``frame``, ``parts``, ``fps``: the
+statistics over the ``iters`` intervals of each interval's mean frame). FLOPs are counted on one
+steady-state keyframe (the stream's second) and one non-keyframe and amortised by the share of
+keyframes in the timed stream.
+
 Parts are named scopes. The detector and the aggregators open ``with scope("alignment"):`` (or
 decorate a method with ``@scope("backbone")``) around the code of a part; :func:`measure` picks up
 every scope opened while it runs, whatever its name, so a new method reports its own parts
@@ -197,6 +209,18 @@ def _device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def _environment(device: torch.device) -> dict[str, Any]:
+    """Where a measurement ran: device, its name, CPU model, torch threads and version."""
+    return {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "cpu_model": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Windows, parameters, statistics
 # ---------------------------------------------------------------------------------------------
@@ -321,10 +345,19 @@ def measure(
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     aggregator = detector.aggregator
     mode = getattr(aggregator, "mode", "window")
+    if mode == "stream":
+        return _measure_stream(
+            detector,
+            image_size=image_size,
+            batch_size=batch_size,
+            device=torch.device(device),
+            warmup=warmup,
+            iters=iters,
+            seed=seed,
+        )
     if mode != "window":
         raise ValueError(
-            f"{type(aggregator).__name__} is a {mode!r}-mode aggregator; measure() times window-mode "
-            "aggregators only (one aggregation over a window of cached supports per frame)"
+            f"{type(aggregator).__name__} has mode={mode!r}; measure() knows 'window' and 'stream'"
         )
     offsets = _check_offsets(offsets)
     num_supports = len(offsets)
@@ -390,30 +423,15 @@ def measure(
             )
 
     parents = {**flop_recorder.parents, **recorder.parents}
-    seen = list(dict.fromkeys([*flop_recorder.order, *recorder.order]))
-    names = [p for p in KNOWN_PARTS if p in seen] + [p for p in seen if p not in KNOWN_PARTS]
-    parts: dict[str, dict[str, Any]] = {}
-    for name in names:
-        samples = [frame.get(name, 0.0) for frame in part_seconds]
-        parts[name] = {
-            "seconds": _statistics(samples),
-            "samples": samples,
-            "flops": flops_per_part.get(name),
-            "calls": calls_per_part.get(name),
-            "parent": parents[name],
-            "frames": sum(name in frame for frame in part_seconds),
-        }
-    top_level = [name for name in names if parents[name] is None]
-    unscoped = [
-        total - sum(frame.get(name, 0.0) for name in top_level)
-        for total, frame in zip(frame_seconds, part_seconds, strict=True)
-    ]
+    names = _part_names(flop_recorder, recorder)
+    parts = _parts(names, part_seconds, flops_per_part, calls_per_part, parents)
     frame_stats = _statistics(frame_seconds)
     return {
+        "mode": "window",
         "frame": {
             "seconds": frame_stats,
             "samples": frame_seconds,
-            "unscoped_seconds": _statistics(unscoped),
+            "unscoped_seconds": _statistics(_unscoped(frame_seconds, part_seconds, names, parents)),
             "flops": frame_flops,
         },
         "fps": 1.0 / frame_stats["median"],
@@ -425,12 +443,7 @@ def measure(
         "batch_size": batch_size,
         "iters": iters,
         "warmup": warmup,
-        "device": str(device),
-        "device_name": _device_name(device),
-        "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch_version": torch.__version__,
+        **_environment(device),
         "timed": (
             f"steady-state per-frame cost of the sliding-buffer engine at batch {batch_size}: backbone "
             f"on uint8 {image_size}x{image_size} frames + aggregation over {num_supports} cached support "
@@ -450,6 +463,223 @@ def measure(
     }
 
 
+def _part_names(*recorders: _Recorder) -> list[str]:
+    """Every scope the recorders saw: :data:`KNOWN_PARTS` first, then the others as they occurred."""
+    seen = list(dict.fromkeys(name for recorder in recorders for name in recorder.order))
+    return [p for p in KNOWN_PARTS if p in seen] + [p for p in seen if p not in KNOWN_PARTS]
+
+
+def _parts(
+    names: list[str],
+    part_seconds: list[dict[str, float]],
+    flops: dict[str, int],
+    calls: dict[str, int],
+    parents: dict[str, str | None],
+) -> dict[str, dict[str, Any]]:
+    """The ``parts`` entry of a measurement: per name, statistics over ``part_seconds`` (one dict per
+    sample; a sample without the part counts 0 s), FLOPs, calls, parent scope, samples with it."""
+    parts: dict[str, dict[str, Any]] = {}
+    for name in names:
+        samples = [sample.get(name, 0.0) for sample in part_seconds]
+        parts[name] = {
+            "seconds": _statistics(samples),
+            "samples": samples,
+            "flops": flops.get(name),
+            "calls": calls.get(name),
+            "parent": parents[name],
+            "frames": sum(name in sample for sample in part_seconds),
+        }
+    return parts
+
+
+def _unscoped(
+    frame_seconds: list[float], part_seconds: list[dict[str, float]], names: list[str], parents: dict
+) -> list[float]:
+    """Per sample: time outside every top-level scope (glue code)."""
+    top_level = [name for name in names if parents[name] is None]
+    return [
+        total - sum(sample.get(name, 0.0) for name in top_level)
+        for total, sample in zip(frame_seconds, part_seconds, strict=True)
+    ]
+
+
+def _measure_stream(
+    detector: Any,
+    *,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`measure` for a stream aggregator (see the module docstring, "Stream mode")."""
+    from harness.infer import stream_features
+
+    aggregator = detector.aggregator
+    interval = int(aggregator.keyframe_interval)
+    detector.eval().to(device)
+    generator = torch.Generator().manual_seed(seed)
+    pool_size = min(iters * interval, 16)  # distinct synthetic frames, cycled (content barely matters)
+    pool = torch.randint(
+        0, 256, (pool_size, batch_size, 3, image_size, image_size), generator=generator, dtype=torch.uint8
+    ).to(device)  # (P, B, 3, S, S)
+
+    def new_stream() -> list[Any]:
+        return [aggregator.init_state() for _ in range(batch_size)]
+
+    def run_frame(position: int, states: list[Any]) -> None:
+        agg_out = stream_features(
+            detector,
+            pool[position % pool_size],
+            positions=[position] * batch_size,
+            frame_ids=[position] * batch_size,
+            states=states,
+        )
+        detector.detect(agg_out, image_size)
+
+    # FLOPs: a steady-state keyframe (the first after position 0, so it has a memory to update) and
+    # the first non-keyframe, each after the frames before it in the same stream
+    horizon = range(1, 2 * interval + 2)
+    kinds = {"keyframe": next(p for p in horizon if aggregator.is_keyframe(p))}
+    non_key = next((p for p in horizon if not aggregator.is_keyframe(p)), None)
+    if non_key is not None:
+        kinds["non_keyframe"] = non_key
+    counted: dict[str, _Recorder] = {}
+    counted_flops: dict[str, int] = {}
+    for kind, position in kinds.items():
+        states = new_stream()
+        for earlier in range(position):
+            run_frame(earlier, states)
+        with FlopCounterMode(display=False) as counter:
+            counted[kind] = _Recorder(device, flop_counter=counter)
+            with _recording(counted[kind]):
+                run_frame(position, states)
+        counted_flops[kind] = int(counter.get_total_flops())
+
+    # warm-up: the first frames of the stream (at least its first keyframe), untimed; the timed frames
+    # continue the stream from the next keyframe on, in steady state
+    states = new_stream()
+    start = next(
+        p for p in range(max(warmup, 1), max(warmup, 1) + 2 * interval + 1) if aggregator.is_keyframe(p)
+    )
+    for position in range(start):
+        run_frame(position, states)
+    recorder = _Recorder(device)
+    frame_seconds: list[float] = []
+    part_seconds: list[dict[str, float]] = []
+    part_calls: list[dict[str, int]] = []
+    is_key: list[bool] = []
+    with _recording(recorder):
+        for position in range(start, start + iters * interval):
+            recorder.new_frame()
+            _synchronize(device)
+            tic = time.perf_counter()
+            run_frame(position, states)
+            _synchronize(device)
+            frame_seconds.append((time.perf_counter() - tic) / batch_size)
+            part_seconds.append(
+                {name: entry["seconds"] / batch_size for name, entry in recorder.frame.items()}
+            )
+            part_calls.append({name: int(entry["calls"]) for name, entry in recorder.frame.items()})
+            is_key.append(bool(aggregator.is_keyframe(position)))
+
+    parents = {**recorder.parents}
+    for kind_recorder in counted.values():
+        parents = {**kind_recorder.parents, **parents}
+    names = _part_names(*counted.values(), recorder)
+    key_fraction = sum(is_key) / len(is_key)
+    weight = {"keyframe": key_fraction, "non_keyframe": 1.0 - key_fraction}
+
+    def flops_of(name: str) -> int | None:
+        values = {k: r.frame[name]["flops"] for k, r in counted.items() if name in r.frame}
+        if not values:
+            return None
+        return int(round(sum(weight[k] * values.get(k, 0) for k in counted)))
+
+    by_kind: dict[str, Any] = {}
+    for kind, wanted in (("keyframe", True), ("non_keyframe", False)):
+        rows = [i for i, key in enumerate(is_key) if key == wanted]
+        if not rows:
+            by_kind[kind] = None
+            continue
+        seconds = [frame_seconds[i] for i in rows]
+        samples = [part_seconds[i] for i in rows]
+        kind_recorder = counted.get(kind)
+        kind_flops = {n: int(e["flops"]) for n, e in kind_recorder.frame.items()} if kind_recorder else {}
+        kind_calls = {n: int(e["calls"]) for n, e in kind_recorder.frame.items()} if kind_recorder else {}
+        by_kind[kind] = {
+            "seconds": _statistics(seconds),
+            "samples": seconds,
+            "unscoped_seconds": _statistics(_unscoped(seconds, samples, names, parents)),
+            "flops": counted_flops.get(kind),
+            "frames": len(rows),
+            "parts": _parts(
+                [n for n in names if any(n in sample for sample in samples)],
+                samples,
+                kind_flops,
+                kind_calls,
+                parents,
+            ),
+        }
+
+    # amortised: each keyframe interval's mean frame is one sample
+    chunks = [range(start, start + interval) for start in range(0, len(frame_seconds), interval)]
+    chunk_seconds = [float(np.mean([frame_seconds[i] for i in chunk])) for chunk in chunks]
+    chunk_parts = [
+        {n: float(np.mean([part_seconds[i].get(n, 0.0) for i in chunk])) for n in names} for chunk in chunks
+    ]
+    amortised_flops = {n: f for n in names if (f := flops_of(n)) is not None}
+    parts = _parts(names, chunk_parts, amortised_flops, {}, parents)
+    for name, part in parts.items():  # mean calls per frame and frames with the part, over the stream
+        part["calls"] = float(np.mean([calls.get(name, 0) for calls in part_calls]))
+        part["frames"] = sum(name in sample for sample in part_seconds)
+    frame_stats = _statistics(chunk_seconds)
+    frame_flops = int(round(sum(weight[k] * counted_flops[k] for k in counted_flops)))
+    return {
+        "mode": "stream",
+        "frame": {
+            "seconds": frame_stats,
+            "samples": chunk_seconds,
+            "unscoped_seconds": _statistics(_unscoped(chunk_seconds, chunk_parts, names, parents)),
+            "flops": frame_flops,
+        },
+        "fps": 1.0 / frame_stats["median"],
+        "parts": parts,
+        "keyframe": by_kind["keyframe"],
+        "non_keyframe": by_kind["non_keyframe"],
+        "keyframe_interval": interval,
+        "key_fraction": key_fraction,
+        "first_timed_position": start,
+        "params": count_parameters(detector),
+        "image_size": image_size,
+        "num_supports": 0,
+        "offsets": [],
+        "batch_size": batch_size,
+        "iters": iters,
+        "warmup": warmup,
+        **_environment(device),
+        "timed": (
+            f"stream engine at batch {batch_size} (videos in lockstep): {iters} keyframe intervals of "
+            f"{interval} frames ({iters * interval} timed frames from position {start} of a stream whose "
+            f"first {start} frames were the untimed warm-up): forward_low on uint8 {image_size}x{image_size} "
+            "frames, forward_high on keyframes, the method's step, head with post-processing (NMS); "
+            "keyframe and non_keyframe: statistics over those frames; frame and parts (amortised): "
+            "statistics over the intervals of each interval's mean frame; time.perf_counter"
+            + (" between torch.cuda.synchronize() calls" if device.type == "cuda" else " on CPU")
+            + f" with {torch.get_num_threads()} torch threads; per frame = per batch / {batch_size}; "
+            "frame decoding not included"
+        ),
+        "flops_note": (
+            "FLOPs from torch.utils.flop_counter.FlopCounterMode (matmul/conv, 2 per multiply-add) on "
+            "one steady-state keyframe (the stream's second) and one non-keyframe (per batch of "
+            f"{batch_size}), per part as the counter's increase inside the part's scope; amortised "
+            f"= key_fraction ({key_fraction:.3f}) x keyframe + the rest x non-keyframe; custom ops "
+            "are counted by their torch decomposition only; elementwise ops are not counted"
+        ),
+    }
+
+
 # Parameter groups under the column names results tables have always used.
 _PARAM_COLUMNS = {"total": "total", "backbone": "backbone", "aggregator": "aggregation", "heads": "head"}
 
@@ -463,6 +693,8 @@ def summary_row(measurement: dict[str, Any]) -> dict[str, float]:
     ``params_aggregation``, ``params_head`` and per submodule ``params_aggregation_<child>``,
     ``params_head_<stream>``; and ``num_supports``, ``batch_size``, ``image_size``, ``iters``,
     ``warmup``, ``torch_threads``. Strings (CPU model, notes, offsets) stay in ``measure.json``.
+    A stream measurement's whole-frame and part columns are amortised; :func:`_stream_columns` adds
+    the keyframe and non-keyframe ones.
     """
     frame = measurement["frame"]["seconds"]
     row: dict[str, float] = {"fps": float(measurement["fps"]), "seconds_per_frame": float(frame["median"])}
@@ -480,4 +712,31 @@ def summary_row(measurement: dict[str, Any]) -> dict[str, float]:
         row["_".join(["params", _PARAM_COLUMNS[head], *rest])] = float(count)
     for key in ("num_supports", "batch_size", "image_size", "iters", "warmup", "torch_threads"):
         row[key] = float(measurement[key])
+    if measurement.get("mode") == "stream":
+        row.update(_stream_columns(measurement))
+    return row
+
+
+def _stream_columns(measurement: dict[str, Any]) -> dict[str, float]:
+    """A stream measurement's extra columns: ``keyframe_interval``, ``key_fraction``, and per frame
+    kind (``keyframe``, ``non_keyframe``; absent when the stream had none)
+    ``seconds_per_<kind>`` (median) with ``_mean`` and ``_iqr``, ``flops_<kind>_total``, and per part
+    ``seconds_<kind>_<part>`` (median) and ``flops_<kind>_<part>``."""
+    row = {
+        "keyframe_interval": float(measurement["keyframe_interval"]),
+        "key_fraction": float(measurement["key_fraction"]),
+    }
+    for kind in ("keyframe", "non_keyframe"):
+        entry = measurement.get(kind)
+        if entry is None:
+            continue
+        row[f"seconds_per_{kind}"] = float(entry["seconds"]["median"])
+        row[f"seconds_per_{kind}_mean"] = float(entry["seconds"]["mean"])
+        row[f"seconds_per_{kind}_iqr"] = float(entry["seconds"]["iqr"])
+        if entry["flops"] is not None:
+            row[f"flops_{kind}_total"] = float(entry["flops"])
+        for name, part in entry["parts"].items():
+            row[f"seconds_{kind}_{name}"] = float(part["seconds"]["median"])
+            if part["flops"] is not None:
+                row[f"flops_{kind}_{name}"] = float(part["flops"])
     return row

@@ -1,7 +1,11 @@
 """Sliding-buffer inference: equivalence with a naive per-frame loop, one backbone pass per frame,
-supports as planned, box mapping back to original pixels, collect hook, stream-mode error."""
+supports as planned, box mapping back to original pixels, collect hook. Stream inference: a window
+method run as a stream gives the window engine's detections, batching and state reset change nothing,
+keyframes follow each video's own positions."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from harness.data.sampling import support_indices
 from harness.data.synthvid import ensure_synthvid
 from harness.infer import plan_supports, predict_split, to_original_pixels
 from harness.model.detector import build_detector
+from tests.stream_methods import HoldKeyframe, WindowAsStream
 
 IMAGE_SIZE = 32  # SynthVID tiny frames are 64x64: letterbox scale 0.5
 SLIDING = SupportSpec(strategy="sliding", radius=2, stride=1, boundary="pad")
@@ -249,11 +254,131 @@ def test_to_original_pixels_divides_by_scale_and_clips():
     )
 
 
-def test_stream_aggregator_is_left_for_lsts(videos):
+# ---------------------------------------------------------------------------------------------
+# Stream engine
+# ---------------------------------------------------------------------------------------------
+
+CAUSAL = SupportSpec(strategy="causal", num=2, stride=1, boundary="pad")
+
+
+def _cut(video, name, length):
+    """The first ``length`` frames of ``video`` as a video of its own called ``name``."""
+    frames = [dataclasses.replace(frame, video=name) for frame in video.frames[:length]]
+    return dataclasses.replace(video, name=name, frames=frames)
+
+
+def _stream(detector, videos, *, batch_videos, collect=None):
+    return predict_split(
+        detector,
+        videos,
+        support=SupportSpec(),  # unused in stream mode
+        image_size=IMAGE_SIZE,
+        batch_videos=batch_videos,
+        device="cpu",
+        progress=False,
+        collect=collect,
+    )
+
+
+@pytest.mark.parametrize(
+    "aggregation",
+    [
+        AggregationConfig(alignment="identity", fusion="cosine_softmax"),
+        AggregationConfig(
+            alignment="flow_warp", fusion="average", alignment_kwargs={"flow_source": "farneback"}
+        ),
+    ],
+    ids=["identity-cosine", "farneback-images"],
+)
+def test_window_method_as_a_stream_gives_the_window_engines_detections(videos, aggregation):
+    """The adapter runs the window aggregator on the previous 2 frames (pad): the window engine with
+    the causal strategy computes the same thing, and batching videos in the stream changes nothing."""
+    detector = make_detector(len(videos[0].classes), aggregation)
+    window = predict_split(
+        detector, videos, support=CAUSAL, image_size=IMAGE_SIZE, batch_videos=2, device="cpu", progress=False
+    )
+    detector.aggregator = WindowAsStream(detector.aggregator, num=2)
+    one = _stream(detector, videos, batch_videos=1)
+    many = _stream(detector, videos, batch_videos=3)
+    _assert_same_detections(one, window)
+    _assert_same_detections(many, window)
+
+
+def test_stream_state_is_fresh_for_every_video(videos):
+    """Without the reset, the first frames of the second video of a slot would take the first video's
+    last frames as supports: videos run one after another must match videos run alone."""
+    detector = make_detector(len(videos[0].classes))
+    detector.aggregator = WindowAsStream(detector.aggregator, num=2)
+    inits = []
+    original = detector.aggregator.init_state
+    detector.aggregator.init_state = lambda: inits.append(1) or original()
+    together = _stream(detector, videos, batch_videos=1)
+    assert len(inits) == len(videos)
+    alone = {}
+    for video in videos:
+        alone.update(_stream(detector, [video], batch_videos=1))
+    _assert_same_detections(together, alone)
+
+
+def test_keyframes_follow_each_videos_own_positions(videos):
+    """Interval 3 with videos of different lengths in 3 slots (refilled slots drift apart): every
+    frame's detections are those of its video's frame 3 * (position // 3), computed single-frame."""
+    interval = 3
+    videos = [_cut(videos[i % len(videos)], f"cut{i}", n) for i, n in enumerate([7, 12, 4, 9, 11])]
+    lengths = [len(video) for video in videos]
     detector = make_detector(len(videos[0].classes), single_frame=True)
-    detector.aggregator.mode = "stream"
-    with pytest.raises(NotImplementedError, match="LSTS"):
-        predict_split(detector, videos, support=SLIDING, image_size=IMAGE_SIZE, device="cpu", progress=False)
+    single = predict_split(
+        detector, videos, support=SupportSpec(), image_size=IMAGE_SIZE, device="cpu", progress=False
+    )
+    detector.aggregator = HoldKeyframe(keyframe_interval=interval)
+    high_rows, seen = [], []
+    original = detector.extract_high
+    detector.extract_high = lambda low: high_rows.append(low.shape[0]) or original(low)
+    streamed = _stream(
+        detector, videos, batch_videos=3, collect=lambda frames, offsets, aux: seen.append(aux["keyframe"])
+    )
+    assert sum(high_rows) == sum(-(-n // interval) for n in lengths)  # ceil(n / interval) per video
+    assert sum(int(k.sum()) for k in seen) == sum(high_rows)
+    expected = {}
+    for video in videos:
+        for position, frame in enumerate(video.frames):
+            key = video.frames[position // interval * interval]
+            held = single[(key.video, key.frame_id)]
+            # same letterbox within a video: the keyframe's boxes in original pixels, as they are
+            expected[(frame.video, frame.frame_id)] = held
+    _assert_same_detections(streamed, expected)
+
+
+def test_stream_interval_one_runs_the_full_backbone_on_every_frame(videos):
+    detector = make_detector(len(videos[0].classes), single_frame=True)
+    single = predict_split(
+        detector, videos, support=SupportSpec(), image_size=IMAGE_SIZE, device="cpu", progress=False
+    )
+    detector.aggregator = HoldKeyframe(keyframe_interval=1)
+    high_rows = []
+    original = detector.extract_high
+    detector.extract_high = lambda low: high_rows.append(low.shape[0]) or original(low)
+    streamed = _stream(detector, videos, batch_videos=2)
+    assert sum(high_rows) == sum(len(v) for v in videos)
+    _assert_same_detections(streamed, single)
+
+
+def test_stream_engine_refuses_what_it_cannot_run(videos):
+    detector = make_detector(len(videos[0].classes))
+    detector.aggregator = HoldKeyframe(keyframe_interval=2)
+    detector.aggregator.is_keyframe = lambda position: position == 1
+    with pytest.raises(ValueError, match="is_keyframe.0. is False"):
+        _stream(detector, videos, batch_videos=1)
+    detector.aggregator = HoldKeyframe(keyframe_interval=2)
+    detector.aggregator.needs_oracle_flow = True
+    with pytest.raises(ValueError, match="oracle flow"):
+        _stream(detector, videos, batch_videos=1)
+    detector.aggregator = ReferenceOnly()
+    detector.aggregator.mode = "online"
+    with pytest.raises(ValueError, match="mode='online'"):
+        _stream(detector, videos, batch_videos=1)
+    with pytest.raises(ValueError, match="keyframe_interval"):
+        HoldKeyframe(keyframe_interval=0)
 
 
 def test_bad_arguments_raise(videos):

@@ -1,4 +1,5 @@
-"""Trainer: learning, determinism, resume after a crash, NaN handling, schedule, phase 2 init."""
+"""Trainer: learning, determinism, resume after a crash, NaN handling, schedule, phase 2 init, the
+training path of stream methods (keyframe triplets)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from harness.config import (
     TrainConfig,
     phase_seed,
 )
-from harness.model.detector import VideoDetector
+from harness.model.detector import VideoDetector, build_detector
 from harness.train import (
     FINAL_CHECKPOINT,
     StepBatchSampler,
@@ -31,6 +32,7 @@ from harness.train import (
     train,
 )
 from tests.model.fakes import NUM_CLASSES, FakeDataset, fake_collate
+from tests.stream_methods import HoldKeyframe
 
 TINY_MODEL = ModelConfig(
     num_classes=NUM_CLASSES,
@@ -278,3 +280,87 @@ def test_optimizer_overrides_naming_no_parameter_is_an_error():
 
     with pytest.raises(KeyError, match="locatoins.*no such parameter"):
         build_optimizer(Wrong(), name="adamw", lr=1e-3, weight_decay=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream methods: the LSTS triplet
+# ---------------------------------------------------------------------------------------------
+
+
+def _stream_detector(interval: int = 10) -> VideoDetector:
+    torch.manual_seed(0)
+    detector = build_detector(TINY_MODEL, single_frame=True)
+    detector.aggregator = HoldKeyframe(keyframe_interval=interval)
+    return detector
+
+
+def test_stream_training_feeds_keyframes_then_the_current_frame_at_low_level():
+    """Row 0: old -8, new -2 -> the current frame is a non-keyframe; row 1: the new keyframe is the
+    current frame (offset 0) -> its output is that keyframe's; row 2: a still (copies, offsets 0).
+    Full features only for the 6 keyframe images, low-level features for all 9."""
+    detector = _stream_detector()
+    batch = fake_collate([FakeDataset(num_samples=3, num_supports=2)[i] for i in range(3)])
+    batch = dataclasses.replace(batch, offsets=torch.tensor([[-8, -2], [-7, 0], [0, 0]]))
+    low_rows, high_rows = [], []
+    original_low, original_high = detector.extract_low, detector.extract_high
+    detector.extract_low = lambda images: low_rows.append(images.shape[0]) or original_low(images)
+    detector.extract_high = lambda low: high_rows.append(low.shape[0]) or original_high(low)
+    detector.extract = None  # the full backbone on every image would be the window path
+    losses = detector.losses(batch)
+    assert low_rows == [9] and high_rows == [6]
+    assert detector.aggregator.calls == [
+        ([True, True, True], [-8, -7, 0]),  # old keyframes
+        ([True, True, True], [-2, 0, 0]),  # new keyframes
+        ([False], [0]),  # the current frame of row 0 only
+    ]
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert detector.aggregator.gain.grad is not None and detector.aggregator.gain.grad != 0
+    later = detector.backbone.later_stages  # forward_high: reached through the keyframes only
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in later.parameters())
+    # the current frames' outputs: row 0 holds its new keyframe's features, rows 1-2 are keyframes
+    with torch.no_grad():
+        out = detector.forward_batch(batch)
+        images = torch.cat([batch.images, batch.support_images.flatten(0, 1)])
+        key_high = detector.backbone(images)[3:].unflatten(0, (3, 2))  # (B, T, C, H, W)
+    torch.testing.assert_close(out.features, key_high[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_stream_clip_without_a_keyframe_is_refused():
+    detector = _stream_detector()
+    batch = fake_collate([FakeDataset(num_samples=2, num_supports=2)[i] for i in range(2)])
+    batch = dataclasses.replace(batch, valid=torch.tensor([[True, True], [False, False]]))
+    with pytest.raises(ValueError, match=r"rows \[1\] have no valid keyframe"):
+        detector.losses(batch)
+
+
+def test_stream_method_trains_on_lsts_triplets_from_the_video_dataset(tmp_path):
+    """The real dataset and collate with the keyframe_triplet strategy, through the trainer."""
+    from harness.data.dataset import VideoFrameDataset, collate, load_split
+    from harness.data.synthvid import ensure_synthvid
+
+    root = ensure_synthvid("tiny", seed=0, data_dir=tmp_path / "data", progress=False)
+    videos = load_split(DataConfig(root=str(root)), "train")
+    triplet = SupportSpec(strategy="keyframe_triplet", num=2, radius=10)
+    dataset = VideoFrameDataset(videos, image_size=64, support=triplet, seed=0)
+    offsets = np.stack([dataset[i].offsets.numpy() for i in range(len(dataset))])
+    assert offsets[:, 0].min() >= -10 and offsets[:, 0].max() <= 0
+    assert offsets[:, 1].min() >= -5 and offsets[:, 1].max() <= 4 and (offsets[:, 1] == 0).any()
+    model = dataclasses.replace(TINY_MODEL, num_classes=len(videos[0].classes))
+    detector = build_detector(model, single_frame=True)
+    detector.aggregator = HoldKeyframe(keyframe_interval=10)
+    schedule = TrainConfig(steps=2, batch_size=4, warmup_steps=0, checkpoint_every=100)
+    final = train(
+        detector,
+        dataset,
+        collate_fn=collate,
+        schedule=schedule,
+        out_dir=tmp_path / "run",
+        seed=0,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    assert final.exists()
+    steps = [r for r in read_metrics(tmp_path / "run") if "event" not in r]
+    assert len(steps) == 2 and all(np.isfinite(r["loss"]) for r in steps)

@@ -17,7 +17,19 @@ strategy           offsets relative to the reference                            
                    rounded (an odd ``num`` includes offset 0: a copy of the reference)
 ``video_uniform``  ``num`` frames over the whole video: evenly spaced without ``rng``,      ``num``
                    drawn without replacement (among frames other than the reference) with
+``causal``         ``-num*stride .. -stride``: the previous frames only (online methods)     ``num``
+``keyframe_        old keyframe in ``[-L, -L/2 - 1]``, new keyframe in ``[-L/2, L/2 - 1]``     2
+triplet``          (L = ``radius``, needs ``rng``; ``num`` must be 2), each clamped into the
+                   video: LSTS's training triplet with the current frame
 =================  ====================================================================  ===========
+
+``keyframe_triplet`` follows LSTS's official code, not its text (which only says "three images
+sampled from one video"): ``lib/utils/image.py`` ``get_triple_image_fromrec_offline`` (the loader
+``AnchorLoaderOffline`` that ``lsts_rfcn/lsts_network_train_end2end.py`` trains with, segment length
+10 in ``experiments/lsts_rfcn/cfgs/lsts_*.yaml``) draws the old keyframe at
+``cur + randint(-L, -L/2)`` and the new one at ``cur + randint(-L/2, L/2)`` (numpy's exclusive upper
+bound: offsets -10..-6 and -5..+4 for L = 10), both clamped into the video; the new keyframe may lie
+after the current frame or be it. A still (one frame) gets two copies of itself.
 
 Boundaries (offset-based strategies):
 
@@ -117,4 +129,26 @@ def support_indices(
             positions = np.linspace(0, len(others) - 1, spec.num).round().astype(np.int64)
             return others[positions]
         return np.sort(rng.choice(others, size=spec.num, replace=len(others) < spec.num)).astype(np.int64)
+    if strategy == "causal":
+        offsets = -np.arange(spec.num, 0, -1, dtype=np.int64) * spec.stride  # ascending, all < 0
+        return _place(ref, offsets, num_frames, spec.boundary)
+    if strategy == "keyframe_triplet":
+        return _keyframe_triplet(ref, num_frames, spec, rng)
     raise ValueError(f"unknown support strategy {strategy!r}")
+
+
+def _keyframe_triplet(
+    ref: int, num_frames: int, spec: SupportSpec, rng: np.random.Generator | None
+) -> np.ndarray:
+    """[old keyframe, new keyframe] of LSTS's training triplet (see the module docstring)."""
+    if rng is None:
+        raise ValueError("keyframe_triplet draws its keyframes at random: pass rng")
+    if spec.num != 2:
+        raise ValueError(f"keyframe_triplet has 2 supports (old and new keyframe); set num=2, got {spec.num}")
+    length = spec.radius
+    if length < 2:
+        raise ValueError(f"keyframe_triplet needs radius = keyframe interval L >= 2, got {spec.radius}")
+    half = length // 2  # the official int(0.5 * L)
+    old = ref + int(rng.integers(-length, -half))  # numpy's high is exclusive, as np.random.randint's
+    new = ref + int(rng.integers(-half, half))
+    return np.clip(np.array([old, new], np.int64), 0, num_frames - 1)

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext, build_aggregator
+from harness.aggregation import (
+    AggregationOutput,
+    StreamClip,
+    StreamFrame,
+    TemporalAggregator,
+    TemporalContext,
+    build_aggregator,
+)
 from harness.measure import scope
 from harness.model.backbone import ResNetBackbone
 from harness.model.head import FCOSHead
@@ -79,6 +86,32 @@ class VideoDetector(nn.Module):
         """uint8 images ``(N, 3, S, S)`` -> backbone features ``(N, C, S/8, S/8)``."""
         return self.backbone(images)
 
+    def extract_low(self, images: Tensor) -> Tensor:
+        """uint8 images ``(N, 3, S, S)`` -> low-level features ``(N, width, S/4, S/4)`` (stream methods).
+
+        Timed as part ``backbone_low`` inside ``backbone``, so a stream frame's ``backbone`` is
+        comparable with a window frame's."""
+        with scope("backbone"), scope("backbone_low"):
+            return self.backbone.forward_low(images)
+
+    def extract_high(self, low: Tensor) -> Tensor:
+        """Low-level ``(R, width, S/4, S/4)`` -> full features ``(R, C, S/8, S/8)`` (keyframes only);
+        part ``backbone_high`` inside ``backbone``."""
+        with scope("backbone"), scope("backbone_high"):
+            return self.backbone.forward_high(low)
+
+    def _check_streams(self, output: AggregationOutput) -> AggregationOutput:
+        missing = set(self.aggregator.stream_names) - set(output.streams)
+        if missing:
+            raise RuntimeError(f"{type(self.aggregator).__name__} did not return streams {sorted(missing)}")
+        return output
+
+    @scope("aggregation")
+    def stream_step(self, frame: StreamFrame, states: list[Any]) -> AggregationOutput:
+        """One step of a stream aggregator (``harness.aggregation.StreamAggregator.step``)."""
+        frame.validate()
+        return self._check_streams(self.aggregator.step(frame, states))
+
     @scope("aggregation")
     def aggregate(
         self,
@@ -120,14 +153,14 @@ class VideoDetector(nn.Module):
             oracle_flow=flow,
             feature_stride=self.feature_stride,
         )
-        output = self.aggregator(context)
-        missing = set(self.aggregator.stream_names) - set(output.streams)
-        if missing:
-            raise RuntimeError(f"{type(self.aggregator).__name__} did not return streams {sorted(missing)}")
-        return output
+        return self._check_streams(self.aggregator(context))
 
     def forward_batch(self, batch: Any) -> AggregationOutput:
-        """Backbone over reference + supports in one call, then aggregation (see :meth:`losses`)."""
+        """Backbone over reference + supports in one call, then aggregation (see :meth:`losses`).
+
+        A stream aggregator (``mode == "stream"``) gets the batch as a :class:`StreamClip`: the
+        supports are its keyframes (full features), the reference its current frame (low-level
+        features only)."""
         images, support_images = batch.images, batch.support_images
         num_refs, num_supports = support_images.shape[:2]
         if images.shape[0] != num_refs:
@@ -137,6 +170,8 @@ class VideoDetector(nn.Module):
         # (B, 3, S, S) + (B, T, 3, S, S) -> (B + B*T, 3, S, S): one batched backbone call
         all_images = torch.cat([images, support_images.flatten(0, 1)], dim=0)
         all_images = all_images.contiguous(memory_format=self.memory_format)
+        if self.aggregator.mode == "stream":
+            return self._forward_clip(batch, all_images)
         all_feats = self.extract(all_images)
         reference_feats = all_feats[:num_refs]
         # (B*T, C, H, W) -> (B, T, C, H, W)
@@ -150,6 +185,26 @@ class VideoDetector(nn.Module):
             support_images=support_images,
             oracle_flow=batch.oracle_flow,
         )
+
+    def _forward_clip(self, batch: Any, all_images: Tensor) -> AggregationOutput:
+        """Stream training: low-level features of every frame, full features of the supports only."""
+        num_refs, num_supports = batch.support_images.shape[:2]
+        all_low = self.extract_low(all_images)  # (B + B*T, Cl, S/4, S/4)
+        key_low = all_low[num_refs:]
+        key_high = self.extract_high(key_low)  # (B*T, C, S/8, S/8)
+        with_images = self.aggregator.needs_images
+        clip = StreamClip(
+            key_low=key_low.unflatten(0, (num_refs, num_supports)),  # (B*T, ...) -> (B, T, ...)
+            key_high=key_high.unflatten(0, (num_refs, num_supports)),
+            key_offsets=batch.offsets,
+            valid=batch.valid,
+            current_low=all_low[:num_refs],
+            key_images=batch.support_images if with_images else None,
+            current_image=batch.images if with_images else None,
+            feature_stride=self.feature_stride,
+        )
+        with scope("aggregation"):
+            return self._check_streams(self.aggregator.forward_clip(clip))
 
     def losses(self, batch: Any) -> dict[str, Tensor]:
         """Training losses for a ``harness.data.dataset.Batch``.

@@ -103,6 +103,35 @@ def test_still_gets_copies_of_itself():
         assert np.all(out == 0) and len(out) >= 2
 
 
+def test_causal_takes_the_previous_frames():
+    causal = spec(strategy="causal", num=3, stride=2)
+    assert support_indices(10, 40, causal).tolist() == [4, 6, 8]
+    assert support_indices(3, 40, causal).tolist() == [0, 0, 1]  # pad: copies of frame 0
+    clamp = spec(strategy="causal", num=3, stride=2, boundary="clamp")
+    assert support_indices(3, 40, clamp).tolist() == [0, 2, 4]  # window shifted into the video
+
+
+def test_keyframe_triplet_follows_the_official_offsets():
+    """LSTS official (L = 10): old keyframe at -10..-6, new keyframe at -5..+4, every value drawn."""
+    triplet = spec(strategy="keyframe_triplet", num=2, radius=10)
+    rng = np.random.default_rng(0)
+    draws = np.stack([support_indices(20, 40, triplet, rng) - 20 for _ in range(2000)])
+    assert set(draws[:, 0].tolist()) == set(range(-10, -5))
+    assert set(draws[:, 1].tolist()) == set(range(-5, 5))
+    # near the start both are clamped to frame 0; at the end the new keyframe to the last frame
+    early = np.stack([support_indices(2, 40, triplet, rng) for _ in range(200)])
+    assert early[:, 0].tolist() == [0] * 200 and early[:, 1].min() == 0 and early[:, 1].max() == 6
+    late = np.stack([support_indices(39, 40, triplet, rng) for _ in range(200)])
+    assert late[:, 1].max() == 39 and late[:, 0].max() <= 33
+    assert support_indices(0, 1, triplet, rng).tolist() == [0, 0]  # a still: copies of itself
+    with pytest.raises(ValueError, match="rng"):
+        support_indices(20, 40, triplet)
+    with pytest.raises(ValueError, match="num=2"):
+        support_indices(20, 40, spec(strategy="keyframe_triplet", num=3, radius=10), rng)
+    with pytest.raises(ValueError, match="radius"):
+        support_indices(20, 40, spec(strategy="keyframe_triplet", num=2, radius=1), rng)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="outside"):
         support_indices(10, 10, spec(strategy="sliding", radius=2))

@@ -4,7 +4,8 @@ Every pair in ``REGISTRY.names("alignment") x REGISTRY.names("fusion")`` is comp
 ``WindowAggregator`` on a tiny context (B=2, T=3, C=8, 8x8 features from 64x64 images, one padded
 support per batch element) and must satisfy the interface's promises; every alignment either moves
 ``support_values`` or refuses them; every ``aggregator:<name>`` is built through
-``build_aggregator`` and checked as the detector uses it. A newly registered part is picked up
+``build_aggregator`` and checked as the detector uses it (a stream aggregator through its training
+path and a few inference steps: ``check_stream_contract``). A newly registered part is picked up
 automatically; if it needs constructor kwargs to be valid, add them to ``VARIANTS`` /
 ``AGGREGATOR_CONFIGS``.
 """
@@ -18,7 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.aggregation import REGISTRY, TemporalContext, WindowAggregator, build_aggregator
+from harness.aggregation import (
+    REGISTRY,
+    StreamClip,
+    StreamFrame,
+    TemporalContext,
+    WindowAggregator,
+    build_aggregator,
+)
 from harness.config import AggregationConfig
 
 BATCH, SUPPORTS, CHANNELS, GRID, IMAGE = 2, 3, 8, 8, 64
@@ -35,7 +43,18 @@ VARIANTS: dict[str, list[dict]] = {
 # Aggregator name -> the AggregationConfig it is checked with (default: AggregationConfig(aggregator=name)).
 AGGREGATOR_CONFIGS: dict[str, AggregationConfig] = {
     "window": AggregationConfig(aggregator="window", alignment="flow_warp", fusion="cosine_softmax"),
+    # with parts registered on main (alignment:lsts / fusion:quality_softmax come with their own branch)
+    "lsts": AggregationConfig(
+        aggregator="lsts",
+        aggregator_kwargs={
+            "propagation": "flow_warp",
+            "propagation_kwargs": {"flow_source": "flownet"},
+            "quality_fusion": "cosine_softmax",
+            "low_channels": 4,
+        },
+    ),
 }
+LOW_CHANNELS, LOW_GRID = 4, 2 * GRID  # the low-level features of stream methods: stride 4
 
 
 def _alignment_cases() -> list:
@@ -157,9 +176,7 @@ def test_bad_shapes_raise(alignment: str, alignment_kwargs: dict, fusion: str) -
     with pytest.raises(ValueError, match="valid"):
         aggregator(dataclasses.replace(ctx, valid=ctx.valid[:, :2]))
     # The parts themselves check what they are given, also when called directly.
-    both_wrong = dataclasses.replace(
-        ctx, reference=ctx.reference[:, :-1], supports=ctx.supports[:, :, :-1]
-    )
+    both_wrong = dataclasses.replace(ctx, reference=ctx.reference[:, :-1], supports=ctx.supports[:, :, :-1])
     with pytest.raises(ValueError, match="channels"):
         aggregator.alignment(both_wrong)
     with pytest.raises(ValueError, match="aligned"):
@@ -238,6 +255,9 @@ def check_aggregator_contract(config: AggregationConfig) -> None:
     aggregator = build_aggregator(config, CHANNELS)
     _perturb_parameters(aggregator, seed=1)
     assert isinstance(aggregator.needs_images, bool) and isinstance(aggregator.needs_oracle_flow, bool)
+    if aggregator.mode == "stream":
+        check_stream_contract(aggregator)
+        return
     ctx = make_context(requires_grad=True)
     out = aggregator(ctx)
     assert set(out.streams) == set(aggregator.stream_names)
@@ -260,3 +280,71 @@ def check_aggregator_contract(config: AggregationConfig) -> None:
         assert torch.equal(again.streams[stream], clean.streams[stream]), stream
         torch.testing.assert_close(scrambled.streams[stream], clean.streams[stream], rtol=1e-5, atol=1e-5)
         assert without_supports.streams[stream].shape == (BATCH, CHANNELS, GRID, GRID), stream
+
+
+def make_clip(seed: int = 0, *, requires_grad: bool = False) -> StreamClip:
+    """A stream training clip on :func:`make_context`'s supports (as keyframes) and images, with
+    low-level features (B, T, LOW_CHANNELS, 2 * GRID, 2 * GRID) for the keyframes and the current frame."""
+    ctx = make_context(seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    key_low = torch.randn(BATCH, SUPPORTS, LOW_CHANNELS, LOW_GRID, LOW_GRID, generator=generator)
+    current_low = torch.randn(BATCH, LOW_CHANNELS, LOW_GRID, LOW_GRID, generator=generator)
+    current_low.requires_grad_(requires_grad)
+    ctx.supports.requires_grad_(requires_grad)
+    return StreamClip(
+        key_low=key_low,
+        key_high=ctx.supports,
+        key_offsets=ctx.offsets,
+        valid=ctx.valid,
+        current_low=current_low,
+        key_images=ctx.support_images,
+        current_image=ctx.reference_image,
+        feature_stride=ctx.feature_stride,
+    )
+
+
+def check_stream_contract(aggregator) -> None:
+    """A stream aggregator: the training path gives one (B, C, H, W) map per stream with gradients to
+    every parameter, the keyframes' full and the current frame's low-level features, deterministic,
+    padded keyframes ignored; the inference steps give the same shapes on a short stream;
+    ``forward(ctx)`` is refused."""
+    clip = make_clip(requires_grad=True)
+    out = aggregator.forward_clip(clip)
+    assert set(out.streams) == set(aggregator.stream_names)
+    for stream, features in out.streams.items():
+        assert features.shape == (BATCH, CHANNELS, GRID, GRID), stream
+        assert torch.isfinite(features).all(), stream
+    sum(features.square().mean() for features in out.streams.values()).backward()
+    for name, parameter in aggregator.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
+    assert clip.key_high.grad is not None and clip.key_high.grad.abs().sum() > 0
+    assert clip.current_low.grad is not None and clip.current_low.grad.abs().sum() > 0
+    with torch.no_grad():
+        clean = aggregator.forward_clip(make_clip())
+        again = aggregator.forward_clip(make_clip())
+        scrambled = make_clip()
+        invalid = ~scrambled.valid
+        scrambled.key_high[invalid] = make_clip(seed=7).key_high[invalid] * 100
+        scrambled.key_low[invalid] = make_clip(seed=7).key_low[invalid] * 100
+        scrambled.key_images[invalid] = make_clip(seed=7).key_images[invalid]
+        scrambled_out = aggregator.forward_clip(scrambled)
+        # inference: a keyframe then non-keyframes, per video state
+        states = [aggregator.init_state() for _ in range(BATCH)]
+        for position in range(3):
+            keyframe = torch.full((BATCH,), aggregator.is_keyframe(position))
+            frame = StreamFrame(
+                low=clip.key_low[:, 0].detach(),
+                keyframe=keyframe,
+                high=clip.key_high[:, 0].detach()[keyframe],
+                frame_ids=torch.full((BATCH,), position, dtype=torch.int64),
+                images=clip.current_image if aggregator.needs_images else None,
+                feature_stride=clip.feature_stride,
+            )
+            stepped = aggregator.step(frame, states)
+            for stream in aggregator.stream_names:
+                assert stepped.streams[stream].shape == (BATCH, CHANNELS, GRID, GRID), stream
+    for stream in aggregator.stream_names:
+        assert torch.equal(again.streams[stream], clean.streams[stream]), stream
+        torch.testing.assert_close(scrambled_out.streams[stream], clean.streams[stream], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="stream aggregator"):
+        aggregator(make_context())

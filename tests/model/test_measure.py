@@ -11,7 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from harness.aggregation import AggregationOutput, TemporalAggregator, TemporalContext
+from harness.aggregation import (
+    AggregationOutput,
+    StreamAggregator,
+    StreamFrame,
+    TemporalAggregator,
+    TemporalContext,
+)
 from harness.config import AggregationConfig, BackboneConfig, HeadConfig, ModelConfig, SupportSpec
 from harness.infer import plan_supports
 from harness.measure import cpu_model, measure, scope, summary_row, support_offsets
@@ -69,8 +75,8 @@ class FakeMemory(TemporalAggregator):
         return AggregationOutput({"main": out})
 
 
-class StreamOnly(TemporalAggregator):
-    mode = "stream"
+class UnknownMode(TemporalAggregator):
+    mode = "online"
 
 
 def _detector(aggregator: TemporalAggregator) -> VideoDetector:
@@ -320,9 +326,95 @@ def test_scopes_show_in_torch_profiler_as_vodbench_ranges():
     }
 
 
-def test_stream_aggregator_is_refused_by_name():
-    with pytest.raises(ValueError, match="StreamOnly is a 'stream'-mode aggregator"):
-        _quick(_detector(StreamOnly()), (-1, 1))
+# ---------------------------------------------------------------------------------------------
+# stream mode
+# ---------------------------------------------------------------------------------------------
+
+
+class LiftNonKeyframes(StreamAggregator):
+    """Keyframes: their full features, through a 1x1 conv in scope("update") when the video had an
+    earlier keyframe (a memory update: 2 * C * C FLOPs per cell); non-keyframes: a 1x1 conv on the
+    2x-pooled low-level features inside scope("transform") (2 * width * C FLOPs per cell)."""
+
+    def __init__(self, *, keyframe_interval: int, width: int = 8):
+        super().__init__(keyframe_interval=keyframe_interval)
+        self.lift = nn.Conv2d(width, CHANNELS, 1, bias=False)
+        self.update = nn.Conv2d(CHANNELS, CHANNELS, 1, bias=False)
+
+    def step(self, frame: StreamFrame, states: list) -> AggregationOutput:
+        features = frame.low.new_zeros((frame.batch_size, CHANNELS, *frame.high.shape[-2:]))
+        if frame.high.shape[0]:
+            features[frame.key_rows] = frame.high
+            seen = [row for row in frame.key_rows.tolist() if states[row].get("seen")]
+            if seen:
+                with scope("update"):
+                    features[seen] = self.update(features[seen])
+            for row in frame.key_rows.tolist():
+                states[row]["seen"] = True
+        rest = (~frame.keyframe).nonzero().flatten()
+        if len(rest):
+            with scope("transform"):
+                features[rest] = self.lift(torch.nn.functional.avg_pool2d(frame.low[rest], 2))
+        return AggregationOutput({"main": features})
+
+
+def test_stream_mode_reports_keyframes_non_keyframes_and_the_amortised_cost():
+    detector = _detector(LiftNonKeyframes(keyframe_interval=3))
+    result = _quick(detector, (), iters=4)
+    key, non_key = result["keyframe"], result["non_keyframe"]
+    assert result["mode"] == "stream" and result["keyframe_interval"] == 3
+    assert key["frames"] == 4 and non_key["frames"] == 8 and result["key_fraction"] == pytest.approx(1 / 3)
+    assert len(result["frame"]["samples"]) == 4  # one amortised sample per keyframe interval
+    # FLOPs per part against hand counts: the keyframe runs the whole backbone, a non-keyframe
+    # the low part and the lift only
+    image = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    low_flops = conv_flops(nn.Sequential(detector.backbone.stem, detector.backbone.stage0), image)
+    full_flops = conv_flops(detector.backbone, image.to(torch.uint8))
+    head_flops = conv_flops(
+        detector.heads["main"], torch.zeros(1, CHANNELS, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
+    )
+    lift_flops = 2 * 8 * CHANNELS * FEATURE_CELLS
+    update_flops = 2 * CHANNELS * CHANNELS * FEATURE_CELLS
+    # steady state: every timed keyframe (and the counted one) updates an earlier keyframe's memory
+    assert key["parts"]["update"]["flops"] == update_flops and key["parts"]["update"]["frames"] == 4
+    assert result["first_timed_position"] == 3 and result["warmup"] == 1
+    assert key["parts"]["backbone"]["flops"] == full_flops
+    assert key["parts"]["backbone_low"]["flops"] == low_flops
+    assert key["parts"]["backbone_high"]["flops"] == full_flops - low_flops
+    assert key["parts"]["backbone_high"]["parent"] == "backbone"
+    assert "transform" not in key["parts"] and "backbone_high" not in non_key["parts"]
+    assert non_key["parts"]["backbone"]["flops"] == low_flops
+    assert non_key["parts"]["transform"]["flops"] == lift_flops
+    assert non_key["parts"]["transform"]["parent"] == "aggregation"
+    assert key["flops"] == full_flops + update_flops + head_flops
+    assert non_key["flops"] == low_flops + lift_flops + head_flops
+    assert result["frame"]["flops"] == round((key["flops"] + 2 * non_key["flops"]) / 3)
+    assert result["parts"]["backbone_high"]["flops"] == round((full_flops - low_flops) / 3)
+    # times: the amortised frame is the interval's mean frame
+    samples = key["samples"] + non_key["samples"]
+    assert result["frame"]["seconds"]["mean"] == pytest.approx(sum(samples) / len(samples))
+    assert result["fps"] == pytest.approx(1 / result["frame"]["seconds"]["median"])
+    row = summary_row(result)
+    assert row["seconds_per_keyframe"] == key["seconds"]["median"]
+    assert row["seconds_per_non_keyframe"] == non_key["seconds"]["median"]
+    assert row["flops_keyframe_backbone_high"] == full_flops - low_flops
+    assert row["flops_non_keyframe_transform"] == lift_flops
+    assert "flops_non_keyframe_backbone_high" not in row
+    assert row["flops_total"] == result["frame"]["flops"] and row["key_fraction"] == pytest.approx(1 / 3)
+    json.dumps(result)  # JSON-ready
+
+
+def test_stream_mode_with_interval_one_has_no_non_keyframes():
+    result = _quick(_detector(LiftNonKeyframes(keyframe_interval=1)), (), iters=3)
+    assert result["non_keyframe"] is None and result["key_fraction"] == 1.0
+    assert result["frame"]["flops"] == result["keyframe"]["flops"]
+    row = summary_row(result)
+    assert "seconds_per_non_keyframe" not in row and "seconds_per_keyframe" in row
+
+
+def test_unknown_mode_is_refused_by_name():
+    with pytest.raises(ValueError, match="UnknownMode has mode='online'"):
+        _quick(_detector(UnknownMode()), (-1, 1))
 
 
 def test_bad_arguments_raise():
