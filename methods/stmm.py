@@ -41,6 +41,7 @@ sigmoid/tanh ranges do not fit the pretrained layers, the reason for STMM's ReLU
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CELLS = ("stmm", "convgru")
@@ -137,13 +138,11 @@ class MemoryCell(nn.Module):
         self.w_z.bias.copy_(1.0 + spread)
         self.w_r.bias.copy_(1.0 + spread)
 
-    def gates(self, features: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """(z, r), each (N, M, H, W), Eq. 1-2 (STMM) or sigmoid gates (ConvGRU)."""
-        z = self.w_z(features) + self.u_z(memory)
-        r = self.w_r(features) + self.u_r(memory)
-        if self.cell == "stmm":
-            return bn_star(torch.relu(z)), bn_star(torch.relu(r))
-        return torch.sigmoid(z), torch.sigmoid(r)
+    def input_terms(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_z * F, W_r * F, W * F), each (N, M, H, W): the three input convs as one call."""
+        weight = torch.cat([self.w_z.weight, self.w_r.weight, self.w.weight])  # (3M, D, 3, 3)
+        bias = torch.cat([self.w_z.bias, self.w_r.bias, self.w.bias])
+        return F.conv2d(features, weight, bias, padding=KERNEL // 2).chunk(3, dim=1)
 
     def forward(self, features: Tensor, memory: Tensor) -> Tensor:
         """``features`` (N, D, H, W), ``memory`` M_{t-1} (N, M, H, W), already aligned -> M_t (N, M, H, W)."""
@@ -154,10 +153,16 @@ class MemoryCell(nn.Module):
         expected = (features.shape[0], self.memory_channels, *features.shape[2:])
         if tuple(memory.shape) != expected:
             raise ValueError(f"memory must be {expected}, got {tuple(memory.shape)}")
-        z, r = self.gates(features, memory)
-        candidate = self.w(features) + self.u(memory * r)
+        w_z, w_r, w = self.input_terms(features)
+        u_weight = torch.cat([self.u_z.weight, self.u_r.weight])  # (2M, M, 3, 3): U_z, U_r as one call
+        u_z, u_r = F.conv2d(memory, u_weight, padding=KERNEL // 2).chunk(2, dim=1)
+        if self.cell == "stmm":  # Eq. 1-2
+            z, r = bn_star(torch.relu(w_z + u_z)), bn_star(torch.relu(w_r + u_r))
+        else:
+            z, r = torch.sigmoid(w_z + u_z), torch.sigmoid(w_r + u_r)
+        candidate = w + self.u(memory * r)  # Eq. 3 before its nonlinearity
         candidate = torch.relu(candidate) if self.cell == "stmm" else torch.tanh(candidate)
-        return (1 - z) * memory + z * candidate
+        return (1 - z) * memory + z * candidate  # Eq. 4
 
     def extra_repr(self) -> str:
         return f"cell={self.cell!r}, D={self.input_channels}, M={self.memory_channels}"
