@@ -59,6 +59,7 @@ from methods.matchtrans import VICINITY_RADIUS, official_matchtrans
 from methods.stmm import CELLS, MemoryCell
 
 ALIGNS = ("matchtrans", "none")
+DIRECTIONS = ("forward", "backward")  # cells[0] steps forward in time, cells[1] backward
 # offset key of a frame that does not take part in a direction's recurrence (sorted last)
 _NOT_IN_DIRECTION = torch.iinfo(torch.int64).max
 
@@ -106,8 +107,9 @@ class STMNAggregator(TemporalAggregator):
             Needs D = 2C and (directions x M) = 2C.
         k: MatchTrans vicinity radius (paper: 2).
 
-    ``forward(ctx)`` -> ``AggregationOutput({"main": (B, C, H, W)}, aux={"memory_norm": (B, H, W)})``:
-    the memory's L2 norm over channels at the reference (forward and backward concatenated).
+    ``forward(ctx)`` -> ``AggregationOutput({"main": (B, C, H, W)}, aux={"memory_norm_forward": (B, H,
+    W), "memory_norm_backward": (B, H, W) (bidirectional)})``: each memory's L2 norm over channels at
+    the reference (the saliency of the paper's Fig. 4).
     """
 
     def __init__(
@@ -217,7 +219,9 @@ class STMNAggregator(TemporalAggregator):
         memory = torch.cat(memories, dim=1)  # (B, directions * M, H, W)
         with scope("memory"):
             features = self.output(memory)  # (B, C, H, W)
-        return AggregationOutput({"main": features}, {"memory_norm": memory.detach().norm(dim=1)})
+        names = DIRECTIONS[: len(memories)]
+        aux = {f"memory_norm_{name}": m.detach().norm(dim=1) for name, m in zip(names, memories, strict=True)}
+        return AggregationOutput({"main": features}, aux)
 
     def extra_repr(self) -> str:
         return f"cell={self.cell!r}, align={self.align!r}, bidirectional={self.bidirectional}, k={self.k}"

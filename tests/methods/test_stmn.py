@@ -300,7 +300,8 @@ def test_bidirectional_and_forward_only_shapes(bidirectional, memory):
     assert all(cell.memory_channels == memory for cell in aggregator.cells)
     out = aggregator(_context([[-1, 1], [-2, 2]]))
     assert out.features.shape == (2, C, H, W)
-    assert out.aux["memory_norm"].shape == (2, H, W)
+    assert out.aux["memory_norm_forward"].shape == (2, H, W)
+    assert ("memory_norm_backward" in out.aux) == bidirectional
 
 
 @pytest.mark.parametrize("offsets", [[[-2, -1, 1, 2]], [[]]])
