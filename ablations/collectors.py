@@ -137,3 +137,71 @@ class SamplingLocations:
 
     def summary(self) -> dict:
         return {"examples": self.examples}
+
+
+class MemoryTrail:
+    """The memory's saliency at an object's earlier position vs its current one (STMN Fig. 4, made a
+    number). Uses ``aux[f"memory_norm_{direction}"]`` (B, H, W), the L2 norm over channels of one
+    memory at the reference.
+
+    For each object of a reference frame whose window lies inside the video, the ratio
+    ``norm(cell the object's centre occupied lag frames ago) / norm(cell of its centre now)`` is
+    recorded when the two cells are at least ``min_cells`` apart (Chebyshev) and the earlier cell is
+    inside no current ground-truth box (so it is background now): an unaligned forward memory keeps
+    the object's features where it was (a "trail", ratio near 1); an aligned one moves them along
+    (ratio near the background's level). ``lag`` is the window's earliest offset (the first frame the
+    forward memory saw). Frames of one video must arrive in order (the sliding-window engine's)."""
+
+    def __init__(self, image_size: int, *, direction: str = "forward", min_cells: int = 2):
+        self.image_size, self.direction, self.min_cells = image_size, direction, min_cells
+        self.centres: dict[str, dict[tuple[int, int], tuple[int, int]]] = defaultdict(dict)
+        self.ratios: list[float] = []
+        self.count = 0
+
+    def __call__(self, frames, offsets: torch.Tensor, aux: dict) -> None:
+        norms = aux.get(f"memory_norm_{self.direction}")
+        if norms is None:
+            return
+        norms = norms.detach().float().cpu()
+        offsets = offsets.detach().cpu()
+        _, height, width = norms.shape
+        for b, frame in enumerate(frames):
+            cells = _centre_cells(frame, self.image_size, height, width)
+            seen = self.centres[frame.video]
+            for index, row, col in cells:
+                seen[(frame.frame_id, int(frame.track_ids[index]))] = (row, col)
+            if not len(offsets[b]) or not _complete_window(offsets[b]):
+                continue
+            lag = int(offsets[b].min()) if self.direction == "forward" else int(offsets[b].max())
+            covered = _box_cells(frame, self.image_size, height, width)
+            for index, row, col in cells:
+                earlier = seen.get((frame.frame_id + lag, int(frame.track_ids[index])))
+                if earlier is None or max(abs(earlier[0] - row), abs(earlier[1] - col)) < self.min_cells:
+                    continue
+                if covered[earlier]:
+                    continue
+                current = float(norms[b, row, col])
+                if current <= 0:
+                    continue
+                self.ratios.append(float(norms[b, earlier[0], earlier[1]]) / current)
+                self.count += 1
+
+    def summary(self) -> dict:
+        ratios = np.asarray(self.ratios, float)
+        return {
+            "mean_ratio": float(ratios.mean()) if ratios.size else float("nan"),
+            "median_ratio": float(np.median(ratios)) if ratios.size else float("nan"),
+            "objects": self.count,
+            "direction": self.direction,
+        }
+
+
+def _box_cells(frame, image_size: int, height: int, width: int) -> np.ndarray:
+    """(height, width) bool: feature cells whose centre lies inside any GT box of ``frame``."""
+    scale = image_size / max(frame.width, frame.height)
+    ys = (np.arange(height) + 0.5) * image_size / height
+    xs = (np.arange(width) + 0.5) * image_size / width
+    covered = np.zeros((height, width), bool)
+    for x1, y1, x2, y2 in np.asarray(frame.boxes) * scale:
+        covered |= ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+    return covered

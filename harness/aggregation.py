@@ -224,6 +224,8 @@ class TemporalAggregator(nn.Module):
     per_stream_nms: bool = True
     needs_images: bool = False
     needs_oracle_flow: bool = False
+    # phase 2 keeps the heads at their fresh init instead of loading phase 1's (STMN's FreshFC row)
+    fresh_heads: bool = False
 
     def forward(self, ctx: TemporalContext) -> AggregationOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -256,7 +256,8 @@ class VideoDetector(nn.Module):
         return results
 
     def load_phase1(self, checkpoint: Path | str | dict[str, Tensor]) -> list[str]:
-        """Load a phase-1 model's weights; return the keys left at their init (the aggregator's).
+        """Load a phase-1 model's weights; return the keys left at their init (the aggregator's, and the
+        heads' when the aggregator declares ``fresh_heads``).
 
         Every key of the checkpoint must exist here with the same shape (strict in that direction);
         keys this model has and the checkpoint lacks are allowed only outside backbone and heads.
@@ -267,10 +268,13 @@ class VideoDetector(nn.Module):
             payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
             state = payload["model"] if "model" in payload else payload
         state = self._spread_main_head(state)
+        if self.aggregator.fresh_heads:  # the heads keep their fresh init (the aggregator asks for it)
+            state = {k: v for k, v in state.items() if not k.startswith("heads.")}
         result = self.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise KeyError(f"phase-1 checkpoint has keys this detector lacks: {result.unexpected_keys[:10]}")
-        not_aggregator = [k for k in result.missing_keys if not k.startswith("aggregator.")]
+        left_at_init = ("aggregator.", "heads.") if self.aggregator.fresh_heads else ("aggregator.",)
+        not_aggregator = [k for k in result.missing_keys if not k.startswith(left_at_init)]
         if not_aggregator:
             raise KeyError(f"phase-1 checkpoint lacks backbone/head keys: {not_aggregator[:10]}")
         return list(result.missing_keys)
