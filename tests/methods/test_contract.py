@@ -43,16 +43,8 @@ VARIANTS: dict[str, list[dict]] = {
 # Aggregator name -> the AggregationConfig it is checked with (default: AggregationConfig(aggregator=name)).
 AGGREGATOR_CONFIGS: dict[str, AggregationConfig] = {
     "window": AggregationConfig(aggregator="window", alignment="flow_warp", fusion="cosine_softmax"),
-    # with parts registered on main (alignment:lsts / fusion:quality_softmax come with their own branch)
-    "lsts": AggregationConfig(
-        aggregator="lsts",
-        aggregator_kwargs={
-            "propagation": "flow_warp",
-            "propagation_kwargs": {"flow_source": "flownet"},
-            "quality_fusion": "cosine_softmax",
-            "low_channels": 4,
-        },
-    ),
+    # the paper's method: LSTS propagation, quality-aware SRFU and DFA (fusion:quality_softmax)
+    "lsts": AggregationConfig(aggregator="lsts", aggregator_kwargs={"low_channels": 4}),
 }
 LOW_CHANNELS, LOW_GRID = 4, 2 * GRID  # the low-level features of stream methods: stride 4
 
