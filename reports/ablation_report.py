@@ -547,11 +547,18 @@ def _support(spec) -> str:
     return text
 
 
+def _kwargs_text(kwargs: dict) -> str:
+    shown = {k: v for k, v in kwargs.items() if k != "flownet_weights"}  # a path, filled in at build
+    return f" ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else ""
+
+
 def _aggregation(config) -> str:
+    """A row's method as read from its config: ``alignment (kwargs) + fusion`` for a window
+    aggregator, ``aggregator:<name> (kwargs)`` for any other."""
     agg = config.model.aggregation
-    kwargs = {k: v for k, v in agg.alignment_kwargs.items() if k != "flownet_weights"}
-    extra = f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else ""
-    return f"{agg.alignment}{extra} + {agg.fusion}"
+    if agg.aggregator != "window":
+        return f"aggregator:{agg.aggregator}{_kwargs_text(agg.aggregator_kwargs)}"
+    return f"{agg.alignment}{_kwargs_text(agg.alignment_kwargs)} + {agg.fusion}"
 
 
 def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] | None = None) -> list[dict]:

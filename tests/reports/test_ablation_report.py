@@ -196,3 +196,21 @@ def test_built_report_html_matches_markdown_and_renders_cleanly(tmp_path):
     assert images == ["forest_paired_differences.png"]
     assert FAILS not in text.split("## Claims")[1].split("|")  # no claim here does not hold
     assert not math.isnan(assessments[0].mean)
+
+
+def test_deviation_rows_name_a_non_window_aggregator_and_its_kwargs():
+    """A row built on a registered aggregator reads as that aggregator, not as the window defaults."""
+    from ablations.base import Row, Study
+    from ablations.common import BASE
+    from harness.config import AggregationConfig
+    from reports.ablation_report import deviation_rows
+
+    late = AggregationConfig(aggregator="ssvd", aggregator_kwargs={"fusion": "late", "flownet_weights": "/x"})
+    rows = [
+        Row("window", {"model.aggregation": AggregationConfig(alignment="stsn")}),
+        Row("late", {"model.aggregation": late}),
+    ]
+    study = Study(name="t", base=BASE, rows=rows, variants=[])
+    here = {r["item"]: r["here"] for r in deviation_rows(study, pd.DataFrame())}
+    assert here["row window"].startswith("stsn + average;")
+    assert here["row late"].startswith("aggregator:ssvd (fusion=late);")  # the weights' path is left out
