@@ -358,6 +358,13 @@ class Ablation:
     def render(self, folder: Path) -> Path:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def measure_extras(
+        self, folder: Path, study: Study, *, seeds: list[int], quick: bool, remeasure: bool
+    ) -> None:
+        """Measurements outside the study's evaluations (e.g. STMN's clip-mode timing), written into
+        ``folder`` before the report is rendered; run alone on the machine, after every training and
+        evaluation. Default: none."""
+
     def run(
         self,
         *,
@@ -377,6 +384,7 @@ class Ablation:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "running"})
         study.run(seeds=seeds, out=folder, force=force, jobs=jobs, remeasure=remeasure)
+        self.measure_extras(folder, study, seeds=seeds, quick=quick, remeasure=remeasure or force)
         write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "complete"})
         started = time.perf_counter()
         report = self.render(folder)

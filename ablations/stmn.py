@@ -9,8 +9,11 @@ single-frame detector compare; how does STMN depend on the test window T?
 Reproduces: Table 2 (STMN, STMN-No-MatchTrans, ConvGRU-Pretrain, ConvGRU-FreshFC; the paper
 reports VID test, which has no public labels: this is val), the single-frame detector beside them
 (the paper's +9.5 over Faster-RCNN VGG-16, Table 1), the test-window study of Sec. 4.3 (T = 3, 7,
-11, 15, trained with 7), Seq-NMS on STMN, plus one window comparison row: ``alignment:matchtrans``
-+ average (MatchTrans as an alignment, no memory) on the same windows.
+11, 15, trained with 7), Seq-NMS on STMN, Fig. 4 as a number (the memory's trail at objects'
+earlier positions), the runtime claims (MatchTrans vs the learned flow net per frame pair; the
+memory's overhead when an 11-frame clip is detected at once, and in the sliding-window engine),
+plus one window comparison row: ``alignment:matchtrans`` + average (MatchTrans as an alignment, no
+memory) on the same windows.
 
 Knobs varied: the memory cell (stmm / convgru), the alignment (matchtrans / none), the head's init
 (phase 1 / fresh); at test time T and Seq-NMS. Fixed: backbone, head, phase-1 detector (shared with
@@ -45,6 +48,7 @@ from ablations import common
 from ablations.base import Ablation, Row, Study, Variant, doc_paragraph
 from ablations.collectors import MemoryTrail
 from harness.config import AggregationConfig, SupportSpec, override
+from harness.files import write_json
 from reports.ablation_report import (
     DEGRADATION_COLUMNS,
     MIN_BOXES,
@@ -227,19 +231,127 @@ def claims(quick: bool) -> list[Comparison]:
 
 
 NOT_REPRODUCED = (
-    (
-        "S6 MatchTrans ~8x faster than FlowNet alignment (2.9 vs 24.3 ms)",
-        "no flow-net row in this study; the MatchTrans scope of the cost table is measured, the "
-        "benchmark against the flow net in `nox -s bench` is not built",
-    ),
-    (
-        "S7 STMM overhead +0.028 s/frame over R-FCN, an 11-frame clip detected at once",
-        "the cost table gives the per-frame overhead in the sliding-window engine (both memories "
-        "recomputed per reference); clip-mode detection is not built",
-    ),
     ("Fig. 4's drawn example", "only the number is collected, no figure is drawn"),
     ("Table 1 rows other than the single frame", "D&T, FGFA, T-CNN, TPN are not STMN's ablation"),
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime: MatchTrans vs the flow net per frame pair (S6), the memory in clip mode (S7)
+# ---------------------------------------------------------------------------------------------
+
+CLIP_FRAMES = 11  # the paper's clip-mode timing: an 11-frame clip detected at once
+RUNTIME_FILE = "runtime.json"
+RUNTIME_MIN_SECONDS = 1.0  # torch.utils.benchmark's blocked_autorange budget per timed case
+RUNTIME_MIN_SECONDS_QUICK = 0.1
+RUNTIME_CASES = ("matchtrans", "flownet", "flownet_warp", "single_clip", "stmn_clip")
+
+
+def _median_seconds(function, min_run_time: float) -> float:
+    """Median seconds per call of ``function`` (torch.utils.benchmark, after one warm-up call)."""
+    from torch.utils.benchmark import Timer
+
+    function()
+    timer = Timer(stmt="function()", globals={"function": function})
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def measure_runtime(study: Study, *, seeds: list[int], runs_root: Path, min_run_time: float) -> dict:
+    """Per seed, on its trained single-frame and STMN detectors (CPU, batch 1, no gradient):
+
+    * S6, one frame pair at the detector's size: MatchTrans as the STMN calls it (affinity of the
+      two frames' embeddings, D channels, then the M-channel memory moved), the learned flow net
+      (``common.FLOWNET_WIDTH``, random weights: its cost does not depend on them) on the two
+      images, and the flow net plus the warp of the memory by its flow (FGFA's alignment);
+    * S7, a clip of ``CLIP_FRAMES`` frames detected at once: the single-frame detector (backbone
+      and head on the clip as one batch) vs STMN in clip mode
+      (``STMNAggregator.forward_whole_clip``: one pass per direction, then the head).
+
+    Inputs are random uint8 frames (the costs do not depend on the pixels). Returns
+    ``{"seconds": {case: {seed: s}}, ...}`` with what was timed."""
+    import torch
+
+    from harness.build import load_trained, resolve_device
+    from harness.pipeline import resolved_aggregation, train_run
+
+    rows = {row.name: row for row in study.rows}
+    size = study.base.data.image_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (CLIP_FRAMES, 3, size, size), generator=generator, dtype=torch.uint8)
+    seconds: dict[str, dict[int, float]] = {case: {} for case in RUNTIME_CASES}
+    for seed in seeds:
+        detectors = {}
+        for name in (SINGLE_FRAME, STMN):
+            config = study.row_config(rows[name], seed)
+            device = resolve_device(config.device)
+            checkpoint = train_run(config, runs_root=runs_root, progress=False)  # finished: returns at once
+            aggregation = (
+                resolved_aggregation(config, runs_root=runs_root) if config.phase2.steps == 0 else None
+            )
+            detectors[name] = load_trained(config, checkpoint, device, aggregation=aggregation)
+        timed = _time_seed(detectors[SINGLE_FRAME], detectors[STMN], images.to(device), seed, min_run_time)
+        for case, value in timed.items():
+            seconds[case][seed] = value
+    return {
+        "seconds": seconds,
+        "clip_frames": CLIP_FRAMES,
+        "image_size": size,
+        "min_run_time": min_run_time,
+        "torch_threads": torch.get_num_threads(),
+        "timed": "median seconds per call, torch.utils.benchmark.Timer.blocked_autorange after one "
+        f"warm-up call, batch 1 (the clip: one batch of {CLIP_FRAMES} frames), no gradient",
+    }
+
+
+def _time_seed(single, memory, clip, seed: int, min_run_time: float) -> dict[str, float]:
+    """:func:`measure_runtime`'s cases for one seed's detectors on ``clip`` (T, 3, S, S) uint8."""
+    import torch
+
+    from harness.aggregation import AggregationOutput
+    from methods.flow_warp import flow_to_grid
+    from methods.flownet import FlowNetC
+    from methods.matchtrans import official_matchtrans
+    from ops.flow_warp import flow_warp
+
+    size = clip.shape[-1]
+    aggregator = memory.aggregator
+    torch.manual_seed(seed)
+    flownet = FlowNetC(width=common.FLOWNET_WIDTH).to(clip.device).eval()
+    with torch.no_grad():
+        embedded = torch.relu(aggregator.embed(memory.extract(clip[:2])))  # (2, D, H, W)
+        current, previous = embedded[1:], embedded[:1]
+        state = torch.randn(1, aggregator.cells[0].memory_channels, *embedded.shape[2:], device=clip.device)
+
+        def warp():
+            flow = flownet(clip[1:2], clip[:1])  # (1, 2, S/4, S/4), image pixels
+            grid = flow_to_grid(flow, grid_size=tuple(state.shape[2:]), image_size=(size, size))
+            return flow_warp(state, grid)
+
+        def single_clip():
+            return single.detect(AggregationOutput({"main": single.extract(clip)}), size)
+
+        def stmn_clip():
+            features = aggregator.forward_whole_clip(memory.extract(clip))
+            return memory.detect(AggregationOutput({"main": features}), size)
+
+        cases = {
+            "matchtrans": lambda: official_matchtrans(current, previous, state, k=aggregator.k),
+            "flownet": lambda: flownet(clip[1:2], clip[:1]),
+            "flownet_warp": warp,
+            "single_clip": single_clip,
+            "stmn_clip": stmn_clip,
+        }
+        return {case: _median_seconds(function, min_run_time) for case, function in cases.items()}
+
+
+def _runtime_series(runtime: dict, case: str) -> pd.Series:
+    return pd.Series({int(seed): value for seed, value in runtime["seconds"][case].items()}, dtype=float)
+
+
+def _spread(values: pd.Series) -> dict[str, str]:
+    """``{"ms": "mean ± sd"}`` over seeds (one value: no sd)."""
+    text = f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+    return {"ms": text, "seeds": str(len(values))}
 
 
 class STMNAblation(Ablation):
@@ -248,6 +360,19 @@ class STMNAblation(Ablation):
 
     def build_study(self, quick: bool) -> Study:
         return build_study(quick)
+
+    def measure_extras(
+        self, folder: Path, study: Study, *, seeds: list[int], quick: bool, remeasure: bool
+    ) -> None:
+        """S6 and S7 (:func:`measure_runtime`) into ``runtime.json``, once per set of seeds."""
+        path = folder / RUNTIME_FILE
+        if path.exists() and not remeasure:
+            kept = json.loads(path.read_text())["seconds"][RUNTIME_CASES[0]]
+            if sorted(int(seed) for seed in kept) == sorted(seeds):
+                return
+        budget = RUNTIME_MIN_SECONDS_QUICK if quick else RUNTIME_MIN_SECONDS
+        runtime = measure_runtime(study, seeds=seeds, runs_root=folder.parent / "runs", min_run_time=budget)
+        write_json(path, runtime)
 
     def render(self, folder: Path) -> Path:
         results = pd.read_parquet(folder / "results.parquet")
@@ -272,7 +397,10 @@ class STMNAblation(Ablation):
         body = self._table2(results, numbers) + self._window_study(results, quick)
         trail_blocks, trail_assessments = self._trail_section(folder)
         body += trail_blocks
-        doc, _ = build_report(spec, results, folder=folder, body=body, extra_assessments=trail_assessments)
+        runtime_blocks, runtime_assessments = self._runtime_section(folder, results, numbers)
+        body += runtime_blocks
+        extra = trail_assessments + runtime_assessments
+        doc, _ = build_report(spec, results, folder=folder, body=body, extra_assessments=extra)
         md, _ = doc.write(folder)
         return md
 
@@ -363,6 +491,104 @@ class STMNAblation(Ablation):
         blocks.append(Paragraph(f"Paper (VID val, vs T=7): {paper_delta}. Trained with T={TRAIN_T}."))
         blocks.append(Table(summary_table(results, names, columns=("devkit_map", "coco_ap50_95"))))
         return blocks
+
+    def _runtime_section(self, folder: Path, results: pd.DataFrame, numbers: dict) -> tuple[list, list]:
+        blocks: list = [Heading("Runtime: MatchTrans vs the flow net, the memory in clip mode")]
+        path = folder / RUNTIME_FILE
+        if not path.exists():
+            return blocks + [Paragraph("Not measured.")], []
+        runtime = json.loads(path.read_text())
+        paper_times = numbers["runtime"]
+        frames = runtime["clip_frames"]
+        ms = {case: 1000 * _runtime_series(runtime, case) for case in RUNTIME_CASES}
+
+        def window_seconds(variant: str) -> pd.Series:
+            return results[results["variant"] == variant].set_index("seed")["seconds_per_frame"].astype(float)
+
+        window = window_seconds(STMN)
+        per_frame = {
+            "single frame, sliding-window engine (batch 1)": 1000 * window_seconds(SINGLE_FRAME),
+            "single frame, clip of 11 at once": ms["single_clip"] / frames,
+            "STMN, clip of 11 at once (one pass per direction)": ms["stmn_clip"] / frames,
+            f"STMN, sliding-window engine (T = {TABLE_T}, both memories per reference)": 1000 * window,
+        }
+        table = pd.DataFrame(
+            [
+                {
+                    "what": "MatchTrans (STMN's call: D-channel affinity, M-channel memory moved)",
+                    **_spread(ms["matchtrans"]),
+                },
+                {"what": "flow net on the two images", **_spread(ms["flownet"])},
+                {"what": "flow net + warp of the memory (FGFA's alignment)", **_spread(ms["flownet_warp"])},
+            ]
+        )
+        clip_table = pd.DataFrame([{"what": name, **_spread(values)} for name, values in per_frame.items()])
+        flow_ratio = (ms["flownet"] / ms["matchtrans"]).mean()
+        overhead = ((ms["stmn_clip"] - ms["single_clip"]) / frames).mean()
+        relative = (ms["stmn_clip"] / ms["single_clip"]).mean() - 1
+        paper_overhead = paper_times["stmn_s_per_11_frames"] / paper_times["rfcn_s_per_11_frames"] - 1
+        blocks += [
+            Table(
+                table,
+                caption=f"One frame pair at {runtime['image_size']} px (feature map of the shared detector), "
+                f"ms, mean ± sd over seeds of each seed's median ({runtime['timed']}; "
+                f"{runtime['torch_threads']} torch threads). Paper (GPU, 337x600): MatchTrans "
+                f"{paper_times['matchtrans_ms_337x600']} ms, FlowNet {paper_times['flownet_ms_337x600']} ms.",
+            ),
+            Paragraph(
+                f"The flow net costs {flow_ratio:.1f}x MatchTrans here (paper: "
+                f"{paper_times['flownet_ms_337x600'] / paper_times['matchtrans_ms_337x600']:.1f}x). The "
+                f"harness's flow net is a small FlowNet-C (base width {common.FLOWNET_WIDTH}), not "
+                "FlowNet-S: the ratio is between this harness's two modules, not the paper's."
+            ),
+            Table(
+                clip_table,
+                caption=f"ms per frame. Clip mode: the {frames} frames as one batch through the backbone and "
+                "the head, STMN's memories run once over the clip (`STMNAggregator.forward_whole_clip`, "
+                "equal to the window form at every frame: tests/methods/test_stmn.py). The sliding-window "
+                "row is the Table 2 measurement (batch 1, one reference per call).",
+            ),
+            Paragraph(
+                f"In clip mode the memory adds {overhead:.1f} ms per frame, {100 * relative:+.0f}% over the "
+                f"single-frame detector (paper: +{1000 * paper_times['stmm_s_per_frame']:.0f} ms, "
+                f"{100 * paper_overhead:+.0f}%: {paper_times['rfcn_s_per_11_frames']} vs "
+                f"{paper_times['stmn_s_per_11_frames']} s per 11 frames). The harness evaluates with the "
+                "sliding-window engine, which recomputes both memories for every reference."
+            ),
+        ]
+
+        def claim(text, a, b, note, **kw):
+            return Comparison(Claim(text, a, b, paper=note, **kw), metric="ms", unit="ms", digits=2)
+
+        s6 = claim(
+            "S6 MatchTrans is faster than the flow net per frame pair",
+            "flow net",
+            "MatchTrans",
+            f"{paper_times['matchtrans_ms_337x600']} vs {paper_times['flownet_ms_337x600']} ms (~8x)",
+        )
+        limit = 1 + paper_overhead
+        s7 = claim(
+            f"S7 the memory's clip-mode overhead is at most the paper's +{100 * paper_overhead:.0f}% "
+            f"(single-frame clip time x {limit:.2f} > STMN clip time)",
+            f"single frame x {limit:.2f}",
+            "STMN clip",
+            f"{paper_times['rfcn_s_per_11_frames']} vs {paper_times['stmn_s_per_11_frames']} s per 11 frames",
+        )
+        clip_vs_window = Comparison(
+            Claim("clip mode costs STMN less per frame than the sliding-window engine", "window", "clip"),
+            metric="ms per frame",
+            source="results",
+            unit="ms",
+            digits=2,
+        )
+        assessments = [
+            assess_values(s6, ms["flownet"], ms["matchtrans"]),
+            assess_values(s7, limit * ms["single_clip"], ms["stmn_clip"]),
+        ]
+        if not window.empty:
+            clip_per_frame = per_frame["STMN, clip of 11 at once (one pass per direction)"]
+            assessments.append(assess_values(clip_vs_window, 1000 * window, clip_per_frame))
+        return blocks, assessments
 
     def _trail(self, folder: Path, row: str) -> pd.Series:
         """Per seed: the mean memory-norm ratio (earlier position / current) of ``row``'s trail variant."""

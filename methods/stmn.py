@@ -223,5 +223,43 @@ class STMNAggregator(TemporalAggregator):
         aux = {f"memory_norm_{name}": m.detach().norm(dim=1) for name, m in zip(names, memories, strict=True)}
         return AggregationOutput({"main": features}, aux)
 
+    def forward_whole_clip(self, features: Tensor) -> Tensor:
+        """Clip mode (the paper's test form): every frame of one clip in a single pass per direction.
+
+        ``features`` (T, C, H, W): the backbone features of T consecutive frames of one video, in
+        time order. Returns (T, C, H, W): frame t's aggregated features, equal to :meth:`forward`
+        with frame t as the reference and the other frames as its supports (the window engine's
+        form, which recomputes both memories for every reference; ``tests/methods/test_stmn.py``).
+        Here the forward memory steps once through frames 0..T-1 and the backward one once through
+        T-1..0, keeping the memory at every frame: 2T memory steps for T outputs instead of T(T+1).
+        """
+        if features.dim() != 4 or features.shape[0] < 1:
+            raise ValueError(
+                f"aggregator:stmn: forward_whole_clip wants (T, C, H, W) features of one clip with "
+                f"T >= 1, got shape {tuple(features.shape)}"
+            )
+        check_channels("features", features, self.channels, dim=1)
+        with scope("memory"):
+            frames = torch.relu(self.embed(features))  # (T, D, H, W)
+        per_direction = []
+        for index, cell in enumerate(self.cells):
+            order = range(len(frames)) if index == 0 else reversed(range(len(frames)))
+            memory, previous, kept = None, None, {}
+            for t in order:
+                frame = frames[t : t + 1]
+                if memory is None:
+                    moved = frame.new_zeros(1, cell.memory_channels, *frame.shape[2:])
+                elif self.align == "matchtrans":
+                    with scope("matchtrans"):
+                        moved, _ = official_matchtrans(frame, previous, memory, k=self.k)
+                else:
+                    moved = memory
+                with scope("memory"):
+                    memory = cell(frame, moved)
+                previous, kept[t] = frame, memory
+            per_direction.append(torch.cat([kept[t] for t in range(len(frames))]))  # (T, M, H, W)
+        with scope("memory"):
+            return self.output(torch.cat(per_direction, dim=1))
+
     def extra_repr(self) -> str:
         return f"cell={self.cell!r}, align={self.align!r}, bidirectional={self.bidirectional}, k={self.k}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pytest
 
 import harness.pipeline
 from ablations import stmn
+from tests.ablations.claims_table import verdicts
 
 
 @pytest.mark.slow
@@ -24,8 +26,15 @@ def test_quick_ablation_end_to_end_and_rerun_skips_everything(tmp_path, monkeypa
     for heading in ("Table 2", "Test window T", "Cost", "Claims"):
         assert heading in text, heading
     assert (folder / "report.html").is_file()
-    # one seed: every verdict is inconclusive, and every claim got one (+ S8, judged on collected norms)
-    assert text.count("| inconclusive") == len(stmn.claims(quick=True)) + 1
+    # one seed: every verdict is inconclusive, and every claim got one (+ S8, judged on collected
+    # norms, and the runtime claims S6, S7 and clip mode vs the window engine, on runtime.json)
+    found = verdicts(text)
+    assert {c.claim.text for c in stmn.claims(quick=True)} <= set(found)
+    assert sum(name.startswith(("S6 ", "S7 ", "S8 ", "clip mode")) for name in found) == 4
+    assert set(found.values()) == {"inconclusive"}, found
+    runtime = json.loads((folder / stmn.RUNTIME_FILE).read_text())
+    assert set(runtime["seconds"]) == set(stmn.RUNTIME_CASES)
+    assert all(list(times) == ["0"] and times["0"] > 0 for times in runtime["seconds"].values())
     assert "Fig. 4" in text and "No memory norms were collected" not in text
     seq = results.set_index("variant")
     assert not math.isclose(seq.loc["STMN", "devkit_map"], seq.loc["STMN + Seq-NMS", "devkit_map"])

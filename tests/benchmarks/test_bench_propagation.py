@@ -1,4 +1,5 @@
-"""Benchmark: the propagation alignments LSTS's Table 3 swaps, side by side at the detector's size.
+"""Benchmark: the propagation alignments LSTS's Table 3 swaps (and STMN's S6: MatchTrans vs the learned
+flow net per frame pair), side by side at the detector's size.
 
 One reference and one support of (1, 64, 16, 16) features (the shared detector's stride-8 map of a
 128x128 frame), forward and forward+backward of the whole alignment part (embeddings included):
@@ -6,6 +7,8 @@ One reference and one support of (1, 64, 16, 16) features (the shared detector's
 * ``lsts``: ``alignment:lsts`` with its defaults (40 Gaussian locations) and the official uniform
   9x9 = 81 (``lsts-uniform81``);
 * ``non_local``: ``alignment:non_local`` (attention over all 256 support positions);
+* ``matchtrans``: ``alignment:matchtrans`` (STMN's k = 2: a 5x5 vicinity; paper 2.9 ms vs FlowNet's
+  24.3 ms on a GPU at 337x600);
 * ``flow_warp``: ``alignment:flow_warp`` with the learned flow net on the 128x128 images (FGFA/DFF:
   the flow estimation is part of the cost) and with the oracle flow (the warp alone).
 
@@ -29,6 +32,7 @@ ALIGNMENTS = {
     "lsts": ("lsts", {}),
     "lsts-uniform81": ("lsts", {"init": "uniform"}),
     "non_local": ("non_local", {}),
+    "matchtrans": ("matchtrans", {}),
     "flow_warp-flownet": ("flow_warp", {"flow_source": "flownet"}),
     "flow_warp-oracle": ("flow_warp", {"flow_source": "oracle"}),
 }

@@ -363,3 +363,32 @@ def test_fresh_head_keeps_the_head_at_its_init(fresh_head):
         expected = head_before[key] if fresh_head else phase1.heads.state_dict()[key]
         assert torch.equal(value, expected), key
     assert any(k.startswith("heads.") for k in left) == fresh_head
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"align": "none"}, {"cell": "convgru"}, {"bidirectional": False, "memory_channels": 2 * C}]
+)
+def test_whole_clip_equals_the_window_form_at_every_frame(kwargs):
+    """Clip mode (one pass per direction) gives every frame what the window form gives it as reference."""
+    aggregator = _aggregator(**kwargs)
+    clip = torch.randn(5, C, H, W, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = aggregator.forward_whole_clip(clip)
+        for t in range(len(clip)):
+            others = [j for j in range(len(clip)) if j != t]
+            ctx = TemporalContext(
+                reference=clip[t : t + 1],
+                supports=clip[others].unsqueeze(0),
+                offsets=torch.tensor([[j - t for j in others]]),
+                valid=torch.ones(1, len(others), dtype=torch.bool),
+            )
+            torch.testing.assert_close(whole[t : t + 1], aggregator(ctx).features, rtol=1e-5, atol=1e-5)
+    assert whole.shape == clip.shape and not torch.allclose(whole[0], whole[-1])
+
+
+def test_whole_clip_rejects_a_batch_of_clips_and_wrong_channels():
+    aggregator = _aggregator()
+    with pytest.raises(ValueError, match=r"\(T, C, H, W\).*\(2, 3, 4, 6, 6\)"):
+        aggregator.forward_whole_clip(torch.zeros(2, 3, 4, 6, 6))
+    with pytest.raises(ValueError, match="features"):
+        aggregator.forward_whole_clip(torch.zeros(3, C + 1, H, W))
