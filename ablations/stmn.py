@@ -32,9 +32,9 @@ pass-through initialisation of the STMM (``methods.stmm``); Table 2 and the wind
 on the first ``TABLE_VIDEOS`` validation videos; no ensemble with the single-frame detector.
 
 Command: ``./bootstrap nox -s ablate-stmn`` (``-- --quick`` for the smoke run, ``-- --seeds 0 1 2``,
-``-- --jobs 2``). Expected runtime on 2 CPU cores: not yet measured end to end; one STMN training
-step (batch 8, T = 7, one thread, synthetic batch, machine shared at load 4-5) measured 0.65 s
-(0.41 s with D = 64, M = 32). Paper numbers: ``harness/paper_numbers.yaml`` (stmn).
+``-- --jobs 2``). Expected runtime on 2 CPU cores: 38.3 min wall from a fresh clone with nothing
+trained (measured at f6e0485, phase 1 included); ``-- --quick`` about 75 s.
+Paper numbers: ``harness/paper_numbers.yaml`` (stmn).
 """
 
 from __future__ import annotations
