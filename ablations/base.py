@@ -93,8 +93,9 @@ def doc_paragraph(text: str, which: int | str, constants: dict[str, Any] | None 
     return re.sub(r"``([A-Z][A-Z0-9_]*)``", value, paragraph)
 
 
-def result_folder(out: Path, name: str, quick: bool) -> Path:
-    return out / (f"{name}-quick" if quick else name)
+def result_folder(out: Path, name: str, quick: bool, full: bool = False) -> Path:
+    """``<out>/<name>[-full][-quick]``: one folder per mode, so a full run never mixes with the default."""
+    return out / (name + ("-full" if full else "") + ("-quick" if quick else ""))
 
 
 @dataclass
@@ -347,10 +348,13 @@ class Ablation:
     """A paper's ablation: builds its :class:`Study`, runs it over seeds and renders its report.
 
     Subclasses set ``name`` and ``default_seeds`` and implement :meth:`build_study` and :meth:`render`.
-    The quick mode runs one seed unless seeds are given."""
+    The quick mode runs one seed unless seeds are given. An ablation whose default runs a subset of a
+    paper's table sets ``supports_full`` and takes ``build_study(quick, full)``: ``full`` runs all of it
+    (``vodbench ablate <paper> --full``, its own results folder)."""
 
     name: str = ""
     default_seeds: tuple[int, ...] = (0,)
+    supports_full: bool = False
 
     def build_study(self, quick: bool) -> Study:  # pragma: no cover - interface
         raise NotImplementedError
@@ -365,6 +369,14 @@ class Ablation:
         ``folder`` before the report is rendered; run alone on the machine, after every training and
         evaluation. Default: none."""
 
+    def study_for(self, quick: bool, full: bool = False) -> Study:
+        """:meth:`build_study` of the mode; ``full`` on an ablation without a full mode is an error."""
+        if not full:
+            return self.build_study(quick)
+        if not self.supports_full:
+            raise ValueError(f"ablation {self.name!r} has no full mode (--full): its default runs everything")
+        return self.build_study(quick, full=True)
+
     def run(
         self,
         *,
@@ -374,18 +386,20 @@ class Ablation:
         force: bool = False,
         jobs: int = 1,
         remeasure: bool = False,
+        full: bool = False,
     ) -> Path:
         """Run the study and render the report. ``ablation.json`` records the mode, the seeds and the
         status: ``running`` until every evaluation is done, then ``complete``; a killed study stays
         ``running``, and ``vodbench report`` then says the report would be partial."""
         seeds = list(seeds or ((0,) if quick else self.default_seeds))
-        folder = result_folder(out, self.name, quick)
-        study = self.build_study(quick)
+        study = self.study_for(quick, full)
+        folder = result_folder(out, self.name, quick, full)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "running"})
+        mode = {"quick": quick, "seeds": seeds} | ({"full": True} if full else {})
+        write_json(folder / STATUS_FILE, {**mode, "status": "running"})
         study.run(seeds=seeds, out=folder, force=force, jobs=jobs, remeasure=remeasure)
         self.measure_extras(folder, study, seeds=seeds, quick=quick, remeasure=remeasure or force)
-        write_json(folder / STATUS_FILE, {"quick": quick, "seeds": seeds, "status": "complete"})
+        write_json(folder / STATUS_FILE, {**mode, "status": "complete"})
         started = time.perf_counter()
         report = self.render(folder)
         with (folder / "timing.txt").open("a") as timing:
@@ -397,7 +411,7 @@ class Ablation:
         """The results table of ``folder`` rebuilt from the run folders (no training, no inference):
         every (variant, seed) whose evaluation is complete, and the names of those that are not."""
         status = read_status(folder)
-        study = self.build_study(status["quick"])
+        study = self.study_for(status["quick"], bool(status.get("full", False)))
         table, missing = study.collect(seeds=status["seeds"], out=folder)
         parquet = folder / "results.parquet"
         parquet.unlink(missing_ok=True)
@@ -409,6 +423,12 @@ class Ablation:
     def is_quick(folder: Path) -> bool:
         marker = folder / STATUS_FILE
         return bool(json.loads(marker.read_text())["quick"]) if marker.exists() else False
+
+    @staticmethod
+    def is_full(folder: Path) -> bool:
+        """True when ``folder`` holds a ``--full`` run."""
+        marker = folder / STATUS_FILE
+        return bool(json.loads(marker.read_text()).get("full", False)) if marker.exists() else False
 
     @staticmethod
     def is_partial(folder: Path) -> bool:

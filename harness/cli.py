@@ -97,6 +97,7 @@ def _ablate(args: argparse.Namespace) -> int:
         force=args.force,
         jobs=args.jobs,
         remeasure=args.remeasure,
+        full=args.full,
     )
     return 0
 
@@ -196,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--remeasure",
         action="store_true",
         help="time every timed variant again (keeps trainings and metrics): for a machine that was busy",
+    )
+    ablate.add_argument(
+        "--full",
+        action="store_true",
+        help="every cell of the tables the default runs a subset of (ablations that have a full mode)",
     )
     ablate.set_defaults(func=_ablate)
 
