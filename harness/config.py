@@ -119,15 +119,46 @@ class AggregationConfig:
     pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+HeadKind = Literal["dense", "sparse"]
+HEAD_KINDS: tuple[str, ...] = typing.get_args(HeadKind)
+
+
+@dataclass(frozen=True)
+class SparseHeadConfig:
+    """The sparse head (Sparse R-CNN, ``harness.model.sparse_head``), scaled to SynthVID (1-4 objects
+    per 128x128 frame, a 16x16 stride-8 map). The paper's (SparseVOD / Sparse R-CNN) values in the
+    comments; the loss weights are the paper's."""
+
+    num_proposals: int = 32  # learnable proposal boxes and features (paper: 100)
+    num_stages: int = 3  # iterative dynamic-head stages, each supervised (paper: 6)
+    dim: int = 64  # proposal feature width (paper: 256)
+    dynamic_dim: int = 16  # inner width of the dynamic convolution (paper: 64)
+    ffn_dim: int = 256  # feed-forward width (paper: 2048)
+    num_heads: int = 4  # self-attention heads among proposals (paper: 8)
+    roi_size: int = 7  # RoI Align output side (paper: 7)
+    dropout: float = 0.0  # in attention, interaction and FFN (Sparse R-CNN's config: 0.0)
+    class_weight: float = 2.0  # focal term, in the matching cost and the loss (paper: 2)
+    l1_weight: float = 5.0  # L1 on image-normalised boxes (paper: 5)
+    giou_weight: float = 2.0  # GIoU term (paper: 2)
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    """Dense one-stage head (FCOS-style) on the aggregated stride-8 feature map."""
+    """The head on the aggregated stride-8 feature map: ``kind="dense"`` (FCOS-style, one-stage,
+    NMS) or ``"sparse"`` (Sparse R-CNN: learnable proposals, set loss, no NMS; settings in ``sparse``).
+
+    ``channels``/``num_convs``/``nms_iou`` are the dense head's; ``score_threshold`` and
+    ``max_detections`` apply to both. With ``kind="dense"`` the ``kind`` and ``sparse`` fields are left
+    out of the run identities (``harness.runs.stage_identity``): dense runs keep their folders.
+    """
 
     channels: int = 64  # width of the classification and box towers
     num_convs: int = 2  # conv + GroupNorm + ReLU blocks per tower
-    score_threshold: float = 0.05  # detections below this score are dropped before NMS
+    score_threshold: float = 0.05  # detections below this score are dropped (before NMS: dense)
     nms_iou: float = 0.5  # class-wise NMS IoU
-    max_detections: int = 100  # per frame, after NMS
+    max_detections: int = 100  # per frame, after NMS (sparse: the top-k over proposals x classes)
+    kind: HeadKind = "dense"
+    sparse: SparseHeadConfig = SparseHeadConfig()
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ Stage = Literal["phase1", "phase2", "detections", "test"]
 STAGES: tuple[str, ...] = ("phase1", "phase2", "detections", "test")
 # Test-time fields that change what is scored but not which detections the model makes.
 _SCORING_FIELDS = ("seq_nms", "protocols", "motion", "measure")
+# HeadConfig fields added with the sparse head kind; absent from a dense-head run's identity.
+_SPARSE_HEAD_FIELDS = ("kind", "sparse")
 
 
 def data_identity(data: Any) -> dict[str, Any]:
@@ -80,6 +82,10 @@ def stage_identity(run: RunConfig, stage: Stage) -> dict[str, Any]:
       split, video subset).
     * ``test``: phase 2 plus every test field except ``batch_videos`` (inference batching changes
       no detection).
+
+    The one exception to "new fields count": ``model.head.kind`` and ``model.head.sparse`` are left
+    out when the kind is ``"dense"`` (the dense head reads neither), so the runs made before the
+    sparse head existed keep their identities; a sparse-head run counts both.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -94,6 +100,9 @@ def stage_identity(run: RunConfig, stage: Stage) -> dict[str, Any]:
         )
     identity = {**to_dict(resolved), **data_identity(run.data)}
     del identity["name"], identity["test"]  # a label, and the test section (below, for test stages)
+    if run.model.head.kind == "dense":  # the dense head reads no sparse setting: dense runs keep the
+        for key in _SPARSE_HEAD_FIELDS:  # identities they had before the head kind existed
+            del identity["model"]["head"][key]
     if stage == "detections":
         test = to_dict(run.test)
         identity["test"] = {k: v for k, v in test.items() if k in ("support", "split", "max_videos")}

@@ -11,6 +11,7 @@ returns the reference features unchanged). Phase 2 loads the phase-1 weights wit
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,17 @@ from harness.aggregation import (
     TemporalContext,
     build_aggregator,
 )
+from harness.config import HEAD_KINDS
 from harness.measure import scope
 from harness.model.backbone import ResNetBackbone
 from harness.model.head import FCOSHead
+from harness.model.sparse_head import SparseHead
 
 DetectionTriple = tuple[Tensor, Tensor, Tensor]  # boxes (D, 4), scores (D,), labels (D,)
 
 
 class VideoDetector(nn.Module):
-    """Backbone + temporal aggregator + one dense head per aggregator stream.
+    """Backbone + temporal aggregator + one head per aggregator stream (``model.head.kind``: dense or sparse).
 
     Args:
         backbone: images uint8 ``(N, 3, S, S)`` -> features ``(N, C, S/8, S/8)``.
@@ -209,9 +212,10 @@ class VideoDetector(nn.Module):
     def losses(self, batch: Any) -> dict[str, Tensor]:
         """Training losses for a ``harness.data.dataset.Batch``.
 
-        Every stream's head computes focal/GIoU/centerness losses; with one stream the terms are
-        ``loss_cls``, ``loss_box``, ``loss_centerness``; with several each is suffixed by the stream
-        name (``loss_cls_<stream>``). An aggregator may add its own terms as ``aux`` entries whose
+        Every stream's head computes its losses: the dense head focal/GIoU/centerness (``loss_cls``,
+        ``loss_box``, ``loss_centerness``), the sparse head its set loss (``loss_cls``, ``loss_l1``,
+        ``loss_giou``); with several streams each is suffixed by the stream name
+        (``loss_cls_<stream>``). An aggregator may add its own terms as ``aux`` entries whose
         key starts with ``loss_`` (scalars). The training loss is the sum of all returned values.
         """
         output = self.forward_batch(batch)
@@ -306,6 +310,32 @@ class SingleFrameAggregator(TemporalAggregator):
         return AggregationOutput({"main": ctx.reference}, {})
 
 
+def build_head(model: Any, *, stride: int) -> nn.Module:
+    """One head of kind ``model.head.kind`` (``harness.config.HEAD_KINDS``) on the backbone's output."""
+    head = model.head
+    if head.kind == "dense":
+        return FCOSHead(
+            in_channels=model.backbone.out_channels,
+            num_classes=model.num_classes,
+            channels=head.channels,
+            num_convs=head.num_convs,
+            stride=stride,
+            score_threshold=head.score_threshold,
+            nms_iou=head.nms_iou,
+            max_detections=head.max_detections,
+        )
+    if head.kind == "sparse":
+        return SparseHead(
+            in_channels=model.backbone.out_channels,
+            num_classes=model.num_classes,
+            stride=stride,
+            score_threshold=head.score_threshold,
+            max_detections=head.max_detections,
+            **dataclasses.asdict(head.sparse),
+        )
+    raise ValueError(f"unknown model.head.kind {head.kind!r}; known kinds: {', '.join(HEAD_KINDS)}")
+
+
 def build_detector(model: Any, *, single_frame: bool = False) -> VideoDetector:
     """Build a :class:`VideoDetector` from a ``harness.config.ModelConfig`` (the config -> kwargs edge).
 
@@ -322,19 +352,7 @@ def build_detector(model: Any, *, single_frame: bool = False) -> VideoDetector:
     else:
         aggregator = build_aggregator(model.aggregation, model.backbone.out_channels)
     heads = nn.ModuleDict(
-        {
-            name: FCOSHead(
-                in_channels=model.backbone.out_channels,
-                num_classes=model.num_classes,
-                channels=model.head.channels,
-                num_convs=model.head.num_convs,
-                stride=backbone.feature_stride,
-                score_threshold=model.head.score_threshold,
-                nms_iou=model.head.nms_iou,
-                max_detections=model.head.max_detections,
-            )
-            for name in aggregator.stream_names
-        }
+        {name: build_head(model, stride=backbone.feature_stride) for name in aggregator.stream_names}
     )
     return VideoDetector(
         backbone=backbone,
