@@ -17,7 +17,7 @@ Hi/Wi = image size, stride = Hi / H):
                                        reference pixel p is found at p + flow in the support frame
     support_values   (B, T, C', H, W)  what an alignment moves, when it is not ``supports`` (or None)
 
-Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"``:
+Four kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"``:
 
 * ``alignment``: ``forward(ctx) -> AlignmentOutput(features (B, T, C', H, W), aux)``. Compares the
   reference with each support and moves the support's values (``ctx.support_values``, or
@@ -31,6 +31,15 @@ Three kinds of parts, all registered in :data:`REGISTRY` under ``"<kind>:<name>"
   that is not such a composition registers its own ``"aggregator:<name>"``. A
   :class:`StreamAggregator` (``mode = "stream"``, LSTS) is fed the frames of each video in order
   instead: see "Stream mode" below.
+* ``proposal``: a :class:`ProposalPart` for a proposal-level head (``model.head.kind = "sparse"``):
+  it does not change the feature map but runs inside every stage of the sparse head. A part of site
+  ``"roi"`` enriches the target RoI features from the supports' feature maps, ``forward(target_roi (N,
+  D, S, S), support_maps (B, T, D, H, W), support_valid (B, T), roi_image (N,)) -> (N, D, S, S)``; a
+  part of site ``"proposal"`` enriches the target proposal features from the supports' proposal
+  features of the same stage, ``forward(target (B, P, D), supports (B, T, P, D), support_valid (B, T))
+  -> (B, P, D)``. :class:`ProposalLevelAggregator` (``"aggregator:proposal_level"``) builds them by
+  name, passes the reference map through unchanged and hands the supports and the parts to the head
+  (``AggregationOutput.proposal``).
 
 Stream mode (``StreamAggregator``; engine ``harness.infer.predict_stream_videos``)
     Each call of ``step(frame, states)`` gets one frame of each of B videos (``StreamFrame``) and the
@@ -151,9 +160,24 @@ class FusionOutput:
 
 
 @dataclass
+class ProposalContext:
+    """What a proposal-level head reads besides the reference map: the supports' backbone maps and
+    the proposal-level parts, in the order they run at their site (``ProposalPart.site``)."""
+
+    support_features: Tensor  # (B, T, C, H, W)
+    valid: Tensor  # (B, T) bool
+    parts: list[ProposalPart]
+
+    def at(self, site: str) -> list[ProposalPart]:
+        return [part for part in self.parts if part.site == site]
+
+
+@dataclass
 class AggregationOutput:
     streams: dict[str, Tensor]  # stream name -> (B, C, H, W); one head per stream
     aux: dict[str, Tensor] = field(default_factory=dict)
+    # for a proposal-level head (sparse): the supports and the parts it runs in its stages
+    proposal: ProposalContext | None = None
 
     @property
     def features(self) -> Tensor:
@@ -209,6 +233,17 @@ class Fusion(nn.Module):
 
     def forward(self, reference: Tensor, aligned: Tensor, valid: Tensor) -> FusionOutput:  # pragma: no cover
         raise NotImplementedError
+
+
+class ProposalPart(nn.Module):
+    """A proposal-level part (kind ``proposal``) run inside each stage of a sparse head; ``site``
+    says where: ``"roi"`` (on the target's RoI features, with the supports' feature maps) or
+    ``"proposal"`` (on the target's proposal features, with the supports' proposal features). The
+    first constructor argument is ``dim``, the head's feature width. With no valid support a part must
+    return its input unchanged (a model at T = 0 is then the single-frame detector)."""
+
+    site: ClassVar[str] = "proposal"
+    SITES: ClassVar[tuple[str, ...]] = ("roi", "proposal")
 
 
 class TemporalAggregator(nn.Module):
@@ -484,7 +519,7 @@ ENTRY_POINT_GROUP = "vodbench.methods"
 class PartInfo(NamedTuple):
     """What :meth:`Registry.describe` says about one registered part."""
 
-    kind: str  # "alignment", "fusion" or "aggregator"
+    kind: str  # "alignment", "fusion", "aggregator" or "proposal"
     name: str
     qualname: str  # "module.Class"
     kwargs: dict[str, Any]  # constructor argument -> default (``inspect.Parameter.empty``: required)
@@ -495,12 +530,12 @@ class Registry:
     """Name -> class, with an error on duplicates and on unknown names (listing the known ones).
 
     The project's only registry. Keys are ``"<kind>:<name>"`` with kind in
-    ``alignment``/``fusion``/``aggregator``, so one mapping serves all three slots. With
+    ``alignment``/``fusion``/``aggregator``/``proposal``, so one mapping serves every slot. With
     ``entry_point_group`` set, the modules that group names are imported once, on the first
     :meth:`get`/:meth:`names`/:meth:`describe`, and register their parts as they import.
     """
 
-    KINDS = ("alignment", "fusion", "aggregator")
+    KINDS = ("alignment", "fusion", "aggregator", "proposal")
 
     def __init__(self, *, entry_point_group: str | None = None) -> None:
         self._entries: dict[str, type[nn.Module]] = {}
@@ -565,6 +600,43 @@ class Registry:
 REGISTRY = Registry(entry_point_group=ENTRY_POINT_GROUP)
 register = REGISTRY.register
 register("aggregator", "window")(WindowAggregator)
+
+
+@register("aggregator", "proposal_level")
+class ProposalLevelAggregator(TemporalAggregator):
+    """Aggregation at the proposal level, inside a sparse head: the reference map goes to the head
+    unchanged, with the supports' maps and the proposal-level parts named in ``parts``
+    (``{name: kwargs}`` of registered ``proposal`` parts, built with ``dim``; run in the given order
+    at their site). The parts live here, under ``aggregator.*``, so a phase-1 checkpoint (no parts)
+    loads into the phase-2 model as for every other method.
+
+    Args:
+        channels: backbone channels.
+        parts: proposal parts by registry name, e.g. ``{"tfe": {"mode": "avg"}, "spfa": {}}``; empty
+            = the single-frame sparse detector (supports are passed but nothing reads them).
+        dim: the sparse head's feature width (``model.head.sparse.dim``); default ``channels``. The head
+            checks that the two agree.
+    """
+
+    def __init__(self, channels: int, parts: dict[str, dict[str, Any]] | None = None, dim: int | None = None):
+        super().__init__()
+        self.dim = channels if dim is None else dim
+        built = []
+        for name, kwargs in (parts or {}).items():
+            part = REGISTRY.get("proposal", name)(self.dim, **(kwargs or {}))
+            if getattr(part, "site", None) not in ProposalPart.SITES:
+                raise ValueError(
+                    f"proposal part {name!r} has site {getattr(part, 'site', None)!r}; expected one of "
+                    f"{ProposalPart.SITES}"
+                )
+            built.append(part)
+        self.parts = nn.ModuleList(built)
+        self.part_names = tuple((parts or {}).keys())
+
+    def forward(self, ctx: TemporalContext) -> AggregationOutput:
+        ctx.validate()
+        context = ProposalContext(ctx.supports, ctx.valid, list(self.parts))
+        return AggregationOutput({"main": ctx.reference}, {}, proposal=context)
 
 
 def build_aggregator(config: Any, channels: int) -> TemporalAggregator:

@@ -1,4 +1,4 @@
-"""SparseVOD's two temporal parts of the Sparse R-CNN head, as standalone proposal-level modules.
+"""SparseVOD's two temporal parts of the Sparse R-CNN head, registered as proposal-level parts.
 
 SparseVOD (Hashmi et al., BMVC 2022, Sec. 3.1) adds two modules to every stage of Sparse R-CNN's
 dynamic head; the head itself (``harness.model.sparse_head``) owns proposals, RoI Align, the
@@ -43,9 +43,14 @@ copied):
   of the image``, i.e. the residual path of the attention with uniform weights and no projections;
   parameter-free, and it does not assume that proposal slot p means the same object in every frame.
 
-Registry: these parts are *not* registered. ``harness.aggregation.Registry.KINDS`` is
-``("alignment", "fusion", "aggregator")`` and ``register("proposal", ...)`` raises ``ValueError``
-(at import of ``methods``, breaking every lookup); adding ``"proposal"`` to ``KINDS`` is needed first.
+Registry: ``"proposal:tfe"`` (site ``"roi"``) and ``"proposal:spfa"`` (site ``"proposal"``), built by
+``harness.aggregation.ProposalLevelAggregator`` (``aggregation.aggregator = "proposal_level"``,
+``aggregator_kwargs = {"parts": {"tfe": {...}, "spfa": {...}}}``) and run by the sparse head in every
+stage: TFE on the target's RoI features before the dynamic interaction, SPFA on the target's proposal
+features after the stage's feed-forward network, before its classification and box outputs (so every
+stage's supervised output sees it; the paper's Fig. 2 puts SPFA "after each IIH" without saying
+whether the stage's own outputs see it). One TFE and one SPFA serve all stages (shared weights; the
+paper does not say whether they are per stage).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from harness.aggregation import ProposalPart, register
 
 Mode = Literal["attention", "avg"]
 Similarity = Literal["dot", "cosine"]
@@ -85,7 +92,8 @@ def _check_valid(name: str, valid: Tensor, expected: tuple[int, ...], names: str
         )
 
 
-class TemporalRoIFeatures(nn.Module):
+@register("proposal", "tfe")
+class TemporalRoIFeatures(ProposalPart):
     """SparseVOD's TFE: target RoI features enriched with the most similar support-frame features.
 
     Args:
@@ -105,6 +113,8 @@ class TemporalRoIFeatures(nn.Module):
     of the support map, the ``top_k`` most similar positions, a softmax over their k similarities,
     and the weighted sum of their features (:meth:`support_features`, (N, T, D, S, S)).
     """
+
+    site = "roi"
 
     def __init__(
         self,
@@ -207,7 +217,8 @@ class TemporalRoIFeatures(nn.Module):
         return torch.where(has_support, target_roi + attended, target_roi)
 
 
-class ProposalAttention(nn.Module):
+@register("proposal", "spfa")
+class ProposalAttention(ProposalPart):
     """SparseVOD's SPFA: each target proposal feature attends to the support proposals of its image.
 
     Args:
@@ -221,6 +232,8 @@ class ProposalAttention(nn.Module):
     (P' = P in SparseVOD; any P' is accepted). An image with no valid support gets its target back
     exactly in both modes (the attention is skipped there, so no all-masked softmax).
     """
+
+    site = "proposal"
 
     def __init__(self, dim: int, *, num_heads: int = 4, mode: Mode = "attention"):
         super().__init__()

@@ -223,12 +223,27 @@ class VideoDetector(nn.Module):
         losses: dict[str, Tensor] = {}
         single = len(self.heads) == 1
         for name, head in self.heads.items():
-            for term, value in head.losses(head(output.streams[name]), boxes, batch.labels).items():
+            for term, value in head.losses(self.run_head(name, output), boxes, batch.labels).items():
                 losses[term if single else f"{term}_{name}"] = value
         for key, value in output.aux.items():
             if key.startswith("loss_"):
                 losses[key] = value
         return losses
+
+    def run_head(self, name: str, output: AggregationOutput) -> Any:
+        """Head ``name`` on its stream; a proposal-level head also gets the output's proposal context
+        (supports and proposal parts, ``harness.aggregation.ProposalLevelAggregator``)."""
+        head = self.heads[name]
+        context = output.proposal
+        if context is None or not context.parts:
+            return head(output.streams[name])
+        if not isinstance(head, SparseHead):
+            names = ", ".join(type(part).__name__ for part in context.parts)
+            raise ValueError(
+                f"the proposal-level parts ({names}) run inside the sparse head's stages, but head "
+                f"{name!r} is a {type(head).__name__}: set model.head.kind = 'sparse'"
+            )
+        return head(output.streams[name], context)
 
     @torch.no_grad()
     def detect(self, agg_out: AggregationOutput, image_size: int) -> list[DetectionTriple]:
@@ -241,7 +256,7 @@ class VideoDetector(nn.Module):
         per_stream = []
         for name, head in self.heads.items():
             with scope("head"):
-                raw = head(agg_out.streams[name])
+                raw = self.run_head(name, agg_out)
             with scope("postprocess"):
                 if len(self.heads) == 1 or self.per_stream_nms:
                     per_stream.append(head.predict(raw, image_size))

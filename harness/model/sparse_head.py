@@ -37,7 +37,9 @@ cost (alpha 0.25, gamma 2) and L1 on image-normalised ``x1, y1, x2, y2`` boxes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -52,6 +54,9 @@ from torchvision.ops import (
     roi_align,
     sigmoid_focal_loss,
 )
+
+if TYPE_CHECKING:
+    from harness.aggregation import ProposalContext
 
 _SCALE_CLAMP = math.log(100000.0 / 16)  # max log width/height change per stage (Sparse R-CNN's)
 _DELTA_WEIGHTS = (2.0, 2.0, 1.0, 1.0)  # dx, dy, dw, dh divisors (Sparse R-CNN's)
@@ -241,19 +246,70 @@ class SparseStage(nn.Module):
             aligned=True,
         )
 
-    def forward(self, features: Tensor, boxes: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self,
+        features: Tensor,
+        boxes: Tensor,
+        proposals: Tensor,
+        *,
+        roi_hook: Callable[[Tensor], Tensor] | None = None,
+        proposal_hook: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``features (B, D, H, W)``, ``boxes (B, P, 4)`` (detached), ``proposals (B, P, D)`` ->
-        ``(logits (B, P, K), refined boxes (B, P, 4), proposal features (B, P, D))``."""
+        ``(logits (B, P, K), refined boxes (B, P, 4), proposal features (B, P, D))``.
+
+        ``roi_hook`` maps the RoI features ``(B*P, D, S, S)`` before the dynamic interaction,
+        ``proposal_hook`` the proposal features ``(B, P, D)`` after the feed-forward network, before
+        the outputs (the sites of the proposal-level parts, ``harness.aggregation.ProposalPart``)."""
         batch, num_proposals, dim = proposals.shape
         attended, _ = self.self_attention(proposals, proposals, proposals, need_weights=False)
         proposals = self.norm1(proposals + self.dropout(attended))
-        roi = self.roi_features(features, boxes).flatten(2).transpose(1, 2)  # (B*P, S*S, D)
+        roi = self.roi_features(features, boxes)  # (B*P, D, S, S)
+        if roi_hook is not None:
+            roi = roi_hook(roi)
+        roi = roi.flatten(2).transpose(1, 2)  # (B*P, S*S, D)
         interacted = self.interaction(proposals.reshape(batch * num_proposals, dim), roi)
         proposals = self.norm2(proposals + self.dropout(interacted.view(batch, num_proposals, dim)))
         proposals = self.norm3(proposals + self.dropout(self.ffn(proposals)))
+        if proposal_hook is not None:
+            proposals = proposal_hook(proposals)
         logits = self.cls_logits(self.cls_layers(proposals))
         refined = apply_deltas(self.box_deltas(self.reg_layers(proposals)), boxes)
         return logits, refined, proposals
+
+
+class _SupportStages:
+    """The support frames' pass through the stages, one stage ahead of the target's use of it: for each
+    stage, :meth:`advance` runs the stage on the supports and returns the target's hooks for it."""
+
+    def __init__(self, head: SparseHead, maps: Tensor, valid: Tensor, proposal: ProposalContext):
+        batch, frames = valid.shape
+        self.maps, self.valid, self.frames = maps, valid, frames
+        self.support_maps = maps.unflatten(0, (batch, frames))  # (B, T, D, H, W)
+        self.roi_image = torch.arange(batch, device=maps.device).repeat_interleave(head.num_proposals)
+        height, width = maps.shape[-2:]
+        self.boxes = head.initial_boxes(batch * frames, width * head.stride, height * head.stride)
+        self.proposals = head.proposal_features.weight[None].expand(batch * frames, -1, -1)
+        self.roi_parts, self.proposal_parts = proposal.at("roi"), proposal.at("proposal")
+
+    def advance(self, stage: SparseStage) -> dict[str, Callable[[Tensor], Tensor] | None]:
+        _, self.boxes, self.proposals = stage(self.maps, self.boxes.detach(), self.proposals)
+        support_proposals = self.proposals.unflatten(0, (self.valid.shape[0], self.frames))  # (B, T, P, D)
+
+        def roi_hook(roi: Tensor) -> Tensor:
+            for part in self.roi_parts:
+                roi = part(roi, self.support_maps, self.valid, self.roi_image)
+            return roi
+
+        def proposal_hook(target: Tensor) -> Tensor:
+            for part in self.proposal_parts:
+                target = part(target, support_proposals, self.valid)
+            return target
+
+        return {
+            "roi_hook": roi_hook if self.roi_parts else None,
+            "proposal_hook": proposal_hook if self.proposal_parts else None,
+        }
 
 
 class SparseHead(nn.Module):
@@ -306,7 +362,7 @@ class SparseHead(nn.Module):
         if dim % num_heads:
             raise ValueError(f"SparseHead: dim {dim} must be divisible by num_heads {num_heads}")
         self.num_classes = num_classes
-        self.num_proposals = num_proposals
+        self.num_proposals, self.dim = num_proposals, dim
         self.stride = stride
         self.score_threshold = score_threshold
         self.max_detections = max_detections
@@ -344,8 +400,15 @@ class SparseHead(nn.Module):
         boxes = box_convert(self.proposal_boxes.weight, "cxcywh", "xyxy") * scale
         return boxes[None].expand(batch, -1, -1)
 
-    def forward(self, features: Tensor) -> SparseHeadOutput:
-        """``features (B, C, H, W)`` -> :class:`SparseHeadOutput` (every stage's predictions)."""
+    def forward(self, features: Tensor, proposal: ProposalContext | None = None) -> SparseHeadOutput:
+        """``features (B, C, H, W)`` -> :class:`SparseHeadOutput` (every stage's predictions).
+
+        With a ``proposal`` context (``harness.aggregation.ProposalLevelAggregator``) that has parts and
+        supports, every support frame runs through the same stages with its own proposals (shared
+        weights, no loss on it), and in each stage the target's RoI features pass the ``"roi"`` parts
+        (with the supports' projected maps) and its proposal features the ``"proposal"`` parts (with
+        the supports' proposal features of the same stage). The supports' boxes and features are
+        recomputed for every target frame (nothing is cached between frames)."""
         if features.ndim != 4:
             raise ValueError(f"SparseHead needs features (B, C, H, W), got {tuple(features.shape)}")
         batch, _, height, width = features.shape
@@ -353,12 +416,38 @@ class SparseHead(nn.Module):
         image_w, image_h = width * self.stride, height * self.stride
         boxes = self.initial_boxes(batch, image_w, image_h)
         proposals = self.proposal_features.weight[None].expand(batch, -1, -1)
+        temporal = self._temporal(proposal, features)
         all_logits, all_boxes = [], []
         for stage in self.stages:
-            logits, boxes, proposals = stage(features, boxes.detach(), proposals)
+            hooks = {}
+            if temporal is not None:
+                hooks = temporal.advance(stage)
+            logits, boxes, proposals = stage(features, boxes.detach(), proposals, **hooks)
             all_logits.append(logits)
             all_boxes.append(boxes)
         return SparseHeadOutput(all_logits, all_boxes, (image_w, image_h))
+
+    def _temporal(self, proposal: ProposalContext | None, features: Tensor) -> _SupportStages | None:
+        if proposal is None or not proposal.parts:
+            return None
+        supports, valid = proposal.support_features, proposal.valid
+        batch = features.shape[0]
+        shapes_match = supports.ndim == 5 and tuple(valid.shape) == tuple(supports.shape[:2])
+        if not shapes_match or supports.shape[0] != batch:
+            raise ValueError(
+                f"support features {tuple(supports.shape)} / valid {tuple(valid.shape)} do not match a batch "
+                f"of {batch} reference maps {tuple(features.shape)}"
+            )
+        dims = {getattr(part, "dim", None) for part in proposal.parts}
+        if dims != {self.dim}:
+            raise ValueError(
+                f"proposal parts are built for width {sorted(dims, key=str)} but the sparse head's dim is "
+                f"{self.dim}: set aggregation.aggregator_kwargs.dim = model.head.sparse.dim"
+            )
+        if supports.shape[1] == 0:
+            return None  # nothing to aggregate: every part would return its input
+        maps = self.input_projection(supports.flatten(0, 1))  # (B*T, D, H, W)
+        return _SupportStages(self, maps, valid, proposal)
 
     # ------------------------------------------------------------------------------------------
     # Training

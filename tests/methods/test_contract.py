@@ -45,7 +45,18 @@ AGGREGATOR_CONFIGS: dict[str, AggregationConfig] = {
     "window": AggregationConfig(aggregator="window", alignment="flow_warp", fusion="cosine_softmax"),
     # the paper's method: LSTS propagation, quality-aware SRFU and DFA (fusion:quality_softmax)
     "lsts": AggregationConfig(aggregator="lsts", aggregator_kwargs={"low_channels": 4}),
+    # every proposal part, each at its site (SparseVOD's TFE + SPFA)
+    "proposal_level": AggregationConfig(
+        aggregator="proposal_level",
+        aggregator_kwargs={"parts": {"tfe": {"num_heads": 2}, "spfa": {"num_heads": 2}}},
+    ),
 }
+# Proposal part name -> kwargs variants (default: one variant with no kwargs).
+PROPOSAL_VARIANTS: dict[str, list[dict]] = {
+    "tfe": [{"num_heads": 2}, {"mode": "avg"}],
+    "spfa": [{"num_heads": 2}, {"mode": "avg"}],
+}
+PROPOSALS, ROI = 5, 3  # proposals per frame and RoI side of the proposal-part checks
 LOW_CHANNELS, LOW_GRID = 4, 2 * GRID  # the low-level features of stream methods: stride 4
 
 
@@ -252,6 +263,9 @@ def check_aggregator_contract(config: AggregationConfig) -> None:
         return
     ctx = make_context(requires_grad=True)
     out = aggregator(ctx)
+    if out.proposal is not None and out.proposal.parts:
+        check_proposal_level_contract(aggregator)
+        return
     assert set(out.streams) == set(aggregator.stream_names)
     for stream, features in out.streams.items():
         assert features.shape == (BATCH, CHANNELS, GRID, GRID), stream
@@ -340,3 +354,117 @@ def check_stream_contract(aggregator) -> None:
         torch.testing.assert_close(scrambled_out.streams[stream], clean.streams[stream], rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="stream aggregator"):
         aggregator(make_context())
+
+
+def _sparse_head() -> torch.nn.Module:
+    from harness.model.sparse_head import SparseHead
+
+    torch.manual_seed(3)
+    return SparseHead(
+        in_channels=CHANNELS,
+        num_classes=3,
+        num_proposals=PROPOSALS,
+        num_stages=2,
+        dim=CHANNELS,
+        dynamic_dim=4,
+        ffn_dim=16,
+        num_heads=2,
+        roi_size=ROI,
+    )
+
+
+def check_proposal_level_contract(aggregator) -> None:
+    """An aggregator with proposal parts, checked through the sparse head that runs them: the
+    reference map unchanged, predictions with gradients to reference, supports and every parameter,
+    deterministic, padded supports ignored, T = 0 = the single-frame head exactly."""
+    head = _sparse_head()
+    _perturb_parameters(head, seed=2)
+
+    def predictions(ctx):
+        output = aggregator(ctx)
+        predicted = head(output.streams["main"], output.proposal)
+        return torch.cat(
+            [
+                torch.cat([logits.flatten(), boxes.flatten()])
+                for logits, boxes in zip(predicted.logits, predicted.boxes, strict=True)
+            ]
+        )
+
+    ctx = make_context(requires_grad=True)
+    assert aggregator(ctx).streams["main"] is ctx.reference
+    predictions(ctx).square().mean().backward()
+    assert ctx.reference.grad is not None and ctx.reference.grad.abs().sum() > 0
+    assert ctx.supports.grad is not None and ctx.supports.grad.abs().sum() > 0
+    for name, parameter in aggregator.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
+    with torch.no_grad():
+        clean = predictions(make_context())
+        assert torch.equal(predictions(make_context()), clean)
+        scrambled = make_context()
+        invalid = ~scrambled.valid
+        scrambled.supports[invalid] = make_context(seed=7).supports[invalid] * 100
+        torch.testing.assert_close(predictions(scrambled), clean, rtol=1e-5, atol=1e-5)
+        alone = make_context()
+        single = head(alone.reference)
+        torch.testing.assert_close(
+            predictions(_without_supports(alone)),
+            torch.cat(
+                [
+                    torch.cat([lg.flatten(), bx.flatten()])
+                    for lg, bx in zip(single.logits, single.boxes, strict=True)
+                ]
+            ),
+        )
+
+
+def _proposal_cases() -> list:
+    return [
+        pytest.param(name, kwargs, id=name + "".join(f"-{value}" for value in kwargs.values()))
+        for name in REGISTRY.names("proposal")
+        for kwargs in PROPOSAL_VARIANTS.get(name, [{}])
+    ]
+
+
+def _proposal_inputs(part, seed: int = 0, *, requires_grad: bool = False):
+    """The part's inputs for a batch of BATCH images with SUPPORTS frames (VALID padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    valid = VALID.clone()
+    if part.site == "roi":
+        target = torch.randn(BATCH * PROPOSALS, CHANNELS, ROI, ROI, generator=generator)
+        supports = torch.randn(BATCH, SUPPORTS, CHANNELS, GRID, GRID, generator=generator)
+        rest = (torch.arange(BATCH).repeat_interleave(PROPOSALS),)
+    else:
+        target = torch.randn(BATCH, PROPOSALS, CHANNELS, generator=generator)
+        supports = torch.randn(BATCH, SUPPORTS, PROPOSALS, CHANNELS, generator=generator)
+        rest = ()
+    target.requires_grad_(requires_grad)
+    supports.requires_grad_(requires_grad)
+    return target, supports, valid, *rest
+
+
+@pytest.mark.parametrize("name, kwargs", _proposal_cases())
+def test_proposal_part_contract(name: str, kwargs: dict) -> None:
+    """Every registered proposal part at its site: the target's shape back, gradients to target,
+    supports and parameters, deterministic, padded supports ignored, no valid support = the target."""
+    torch.manual_seed(0)
+    part = REGISTRY.get("proposal", name)(CHANNELS, **kwargs)
+    _perturb_parameters(part, seed=1)
+    assert part.site in ("roi", "proposal")
+    target, supports, valid, *rest = _proposal_inputs(part, requires_grad=True)
+    out = part(target, supports, valid, *rest)
+    assert out.shape == target.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert target.grad.abs().sum() > 0 and supports.grad.abs().sum() > 0
+    for pname, parameter in part.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{pname} got no gradient"
+    with torch.no_grad():
+        target, supports, valid, *rest = _proposal_inputs(part)
+        clean = part(target, supports, valid, *rest)
+        assert torch.equal(part(target, supports, valid, *rest), clean)
+        scrambled = supports.clone()
+        scrambled[~valid] = float("nan")
+        torch.testing.assert_close(part(target, scrambled, valid, *rest), clean)
+        none = torch.zeros_like(valid)
+        assert torch.equal(part(target, supports, none, *rest), target)
+        with pytest.raises(ValueError, match="valid"):
+            part(target, supports, valid[:, :2], *rest)

@@ -412,3 +412,75 @@ def test_a_dense_detector_is_unchanged_by_the_head_kind_refactor():
     assert isinstance(detector.heads["main"], FCOSHead)
     for (name, a), (_, b) in zip(direct.state_dict().items(), built.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+# --- proposal-level parts (SparseVOD's TFE and SPFA) in the sparse head ----------------------
+
+PARTS = {"tfe": {"num_heads": 2, "top_k": 2}, "spfa": {"num_heads": 2}}
+
+
+def _proposal_level(parts=PARTS, **kwargs) -> AggregationConfig:
+    return AggregationConfig(aggregator="proposal_level", aggregator_kwargs={"parts": parts, **kwargs})
+
+
+def test_proposal_parts_train_from_a_phase1_checkpoint_and_reach_every_part():
+    phase1 = build_detector(SPARSE_TINY, single_frame=True)
+    detector = build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level()))
+    missing = detector.load_phase1(phase1.state_dict())
+    assert missing and all(key.startswith("aggregator.parts.") for key in missing)
+    dataset = FakeDataset(num_samples=2, num_supports=2)
+    batch = fake_collate([dataset[0], dataset[1]])
+    total = sum(detector.losses(batch).values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, parameter in detector.aggregator.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    detector.eval()
+    with torch.no_grad():
+        detections = detector.detect(detector.forward_batch(batch), IMAGE_SIZE)
+    assert len(detections) == 2
+
+
+def test_proposal_parts_with_no_valid_support_give_the_single_frame_detector():
+    """Padded-only supports: every part returns its input, so the predictions are phase 1's."""
+    phase1 = build_detector(SPARSE_TINY, single_frame=True)
+    detector = build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level()))
+    detector.load_phase1(phase1.state_dict())
+    dataset = FakeDataset(num_samples=2, num_supports=2)
+    batch = fake_collate([dataset[0], dataset[1]])
+    batch = dataclasses.replace(batch, valid=torch.zeros_like(batch.valid))
+    phase1.eval(), detector.eval()
+    with torch.no_grad():
+        ours = detector.run_head("main", detector.forward_batch(batch))
+        single = phase1.heads["main"](phase1.extract(batch.images))
+    for a, b in zip(ours.logits + ours.boxes, single.logits + single.boxes, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_supports_change_the_predictions_only_through_the_parts():
+    dataset = FakeDataset(num_samples=2, num_supports=2)
+    batch = fake_collate([dataset[0], dataset[1]])
+    shifted = dataclasses.replace(batch, support_images=batch.support_images.roll(5, dims=-1))
+    for parts, changes in (({}, False), (PARTS, True)):
+        torch.manual_seed(0)
+        detector = build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level(parts)))
+        detector.eval()
+        with torch.no_grad():
+            a = detector.run_head("main", detector.forward_batch(batch)).logits[-1]
+            b = detector.run_head("main", detector.forward_batch(shifted)).logits[-1]
+        assert (not torch.allclose(a, b)) == changes, parts
+
+
+def test_proposal_parts_need_the_sparse_head_and_its_width():
+    dense = dataclasses.replace(
+        SPARSE_TINY, head=HeadConfig(channels=16, num_convs=1), aggregation=_proposal_level()
+    )
+    dataset = FakeDataset(num_samples=2, num_supports=2)
+    batch = fake_collate([dataset[0], dataset[1]])
+    with pytest.raises(ValueError, match="model.head.kind = 'sparse'"):
+        build_detector(dense).losses(batch)
+    narrow = dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level(dim=8))
+    with pytest.raises(ValueError, match="sparse head's dim is 16"):
+        build_detector(narrow).losses(batch)
+    with pytest.raises(KeyError, match="unknown proposal 'tubelet'"):
+        build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level({"tubelet": {}})))
