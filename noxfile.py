@@ -13,7 +13,7 @@ nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
 
 # One `ablate-<paper>` session per ablation module in ablations/ (the issue names them exactly so).
-ABLATIONS = ("stsn", "ssvd", "stmn", "lsts")
+ABLATIONS = ("stsn", "ssvd", "stmn", "lsts", "sparsevod")
 
 
 @nox.session(venv_backend="none")

@@ -210,6 +210,9 @@ class TestConfig:
     motion: bool = True  # slow/medium/fast breakdown (FGFA's motion IoU)
     measure: bool = True  # time the per-frame cost and count parameters/FLOPs (harness.measure)
     batch_videos: int = 4  # videos whose frames are batched at inference (detections do not change)
+    # sparse head only: read the detections of this stage (1-based; each stage is supervised) instead
+    # of the last one (None); SparseVOD's Table 3 as a test-time readout
+    head_stage: int | None = None
 
 
 @dataclass(frozen=True)

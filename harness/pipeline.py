@@ -233,6 +233,7 @@ def predict_checkpoint(
     device = resolve_device(run.device)
     if detector is None:
         detector = load_trained(run, checkpoint, device)
+    detector.set_readout_stage(run.test.head_stage)
     started = time.perf_counter()
     detections = predict_split(
         detector,

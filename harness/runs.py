@@ -79,7 +79,7 @@ def stage_identity(run: RunConfig, stage: Stage) -> dict[str, Any]:
     * ``phase2``: the trained video model: everything except the name and the test section (the
       phase-1 seed resolved, so ``phase1_seed=None`` and ``phase1_seed=seed`` are one run).
     * ``detections``: phase 2 plus the test fields that decide the detections (support frames,
-      split, video subset).
+      split, video subset, the sparse head's readout stage).
     * ``test``: phase 2 plus every test field except ``batch_videos`` (inference batching changes
       no detection).
 
@@ -103,12 +103,15 @@ def stage_identity(run: RunConfig, stage: Stage) -> dict[str, Any]:
     if run.model.head.kind == "dense":  # the dense head reads no sparse setting: dense runs keep the
         for key in _SPARSE_HEAD_FIELDS:  # identities they had before the head kind existed
             del identity["model"]["head"][key]
-    if stage == "detections":
+    if stage in ("detections", "test"):
         test = to_dict(run.test)
-        identity["test"] = {k: v for k, v in test.items() if k in ("support", "split", "max_videos")}
-    elif stage == "test":
-        test = to_dict(run.test)
-        identity["test"] = {k: v for k, v in test.items() if k != "batch_videos"}
+        if test["head_stage"] is None:  # the default readout: identities as before the field existed
+            del test["head_stage"]
+        deciding = ("support", "split", "max_videos", "head_stage")
+        if stage == "detections":
+            identity["test"] = {k: v for k, v in test.items() if k in deciding}
+        else:
+            identity["test"] = {k: v for k, v in test.items() if k != "batch_videos"}
     return identity
 
 

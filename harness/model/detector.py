@@ -230,6 +230,18 @@ class VideoDetector(nn.Module):
                 losses[key] = value
         return losses
 
+    def set_readout_stage(self, stage: int | None) -> None:
+        """Detect from stage ``stage`` (1-based) of every sparse head instead of its last stage
+        (``None``: the last); ``harness.config.TestConfig.head_stage``."""
+        for name, head in self.heads.items():
+            if stage is not None and not isinstance(head, SparseHead):
+                raise ValueError(
+                    f"test.head_stage={stage} reads a sparse head's stage, but head {name!r} is a "
+                    f"{type(head).__name__} (model.head.kind = 'dense')"
+                )
+            if isinstance(head, SparseHead):
+                head.set_readout_stage(stage)
+
     def run_head(self, name: str, output: AggregationOutput) -> Any:
         """Head ``name`` on its stream; a proposal-level head also gets the output's proposal context
         (supports and proposal parts, ``harness.aggregation.ProposalLevelAggregator``)."""

@@ -26,6 +26,15 @@ proposals x classes of the last stage (or any stage: each is supervised), above 
 no NMS. :meth:`SparseHead.candidates` returns the same (there is nothing to suppress), so the detector's
 multi-stream fusion works unchanged.
 
+Temporal parts (SparseVOD): with ``aggregation.aggregator = "proposal_level"`` the head also gets the
+supports' backbone maps and the registered ``proposal`` parts (``harness.aggregation.ProposalPart``).
+Every support frame then runs the same stages with its own learnable proposals (no loss on it), and in
+each stage the target's RoI features pass the ``"roi"`` parts (TFE) before the dynamic interaction and
+its proposal features the ``"proposal"`` parts (SPFA, with the supports' proposal features of that
+stage) after the feed-forward network, before the stage's outputs. A head with no parts, or given no
+valid support, is exactly the single-frame head. ``set_readout_stage`` picks which supervised stage
+predicts (SparseVOD's Table 3 as a test-time readout, ``TestConfig.head_stage``).
+
 The paper gives no details beyond "as in Sparse R-CNN"; where it is silent this follows the official
 Sparse R-CNN code (PeizeSun/SparseR-CNN, read, not copied): box init (0.5, 0.5, 1, 1), delta weights
 (2, 2, 1, 1) with the width/height clamp log(1e5/16), one classification and three regression
@@ -289,7 +298,7 @@ class _SupportStages:
         self.roi_image = torch.arange(batch, device=maps.device).repeat_interleave(head.num_proposals)
         height, width = maps.shape[-2:]
         self.boxes = head.initial_boxes(batch * frames, width * head.stride, height * head.stride)
-        self.proposals = head.proposal_features.weight[None].expand(batch * frames, -1, -1)
+        self.proposals = head.initial_proposals(batch * frames)
         self.roi_parts, self.proposal_parts = proposal.at("roi"), proposal.at("proposal")
 
     def advance(self, stage: SparseStage) -> dict[str, Callable[[Tensor], Tensor] | None]:
@@ -363,6 +372,7 @@ class SparseHead(nn.Module):
             raise ValueError(f"SparseHead: dim {dim} must be divisible by num_heads {num_heads}")
         self.num_classes = num_classes
         self.num_proposals, self.dim = num_proposals, dim
+        self.readout_stage = -1  # the stage predict/candidates read by default (set_readout_stage)
         self.stride = stride
         self.score_threshold = score_threshold
         self.max_detections = max_detections
@@ -388,6 +398,14 @@ class SparseHead(nn.Module):
             for _ in range(num_stages)
         )
 
+    def set_readout_stage(self, stage: int | None) -> None:
+        """Predict from stage ``stage`` (1-based) by default instead of the last one (``None``)."""
+        if stage is not None and not 1 <= stage <= len(self.stages):
+            raise ValueError(
+                f"head_stage must lie in [1, {len(self.stages)}] (the head's stages), got {stage}"
+            )
+        self.readout_stage = -1 if stage is None else stage - 1
+
     def optimizer_overrides(self) -> dict[str, dict[str, float]]:
         """No weight decay on the proposal boxes: they are coordinates (decay would pull every box
         toward the image corner), not weights."""
@@ -399,6 +417,13 @@ class SparseHead(nn.Module):
         scale = self.proposal_boxes.weight.new_tensor([width, height, width, height])
         boxes = box_convert(self.proposal_boxes.weight, "cxcywh", "xyxy") * scale
         return boxes[None].expand(batch, -1, -1)
+
+    def initial_proposals(self, batch: int) -> Tensor:
+        """The learnable proposal features as ``(B, P, D)``, by an embedding lookup rather than a view of
+        the parameter (a view made under ``no_grad`` still claims ``requires_grad`` with no ``grad_fn``,
+        which ``FlopCounterMode``'s module hooks in ``harness.measure`` reject)."""
+        index = torch.arange(self.num_proposals, device=self.proposal_features.weight.device)
+        return self.proposal_features(index.expand(batch, -1))
 
     def forward(self, features: Tensor, proposal: ProposalContext | None = None) -> SparseHeadOutput:
         """``features (B, C, H, W)`` -> :class:`SparseHeadOutput` (every stage's predictions).
@@ -415,7 +440,7 @@ class SparseHead(nn.Module):
         features = self.input_projection(features)
         image_w, image_h = width * self.stride, height * self.stride
         boxes = self.initial_boxes(batch, image_w, image_h)
-        proposals = self.proposal_features.weight[None].expand(batch, -1, -1)
+        proposals = self.initial_proposals(batch)
         temporal = self._temporal(proposal, features)
         all_logits, all_boxes = [], []
         for stage in self.stages:
@@ -523,10 +548,12 @@ class SparseHead(nn.Module):
     # ------------------------------------------------------------------------------------------
 
     def candidates(
-        self, output: SparseHeadOutput, image_size: int, *, stage: int = -1
+        self, output: SparseHeadOutput, image_size: int, *, stage: int | None = None
     ) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per image: the top ``max_detections`` (proposal, class) pairs of stage ``stage`` above
-        ``score_threshold``, ``(boxes (D, 4), scores (D,), labels (D,))``, scores descending. No NMS."""
+        """Per image: the top ``max_detections`` (proposal, class) pairs of stage ``stage`` (an index
+        into the stages; default: ``readout_stage``, the last unless set) above ``score_threshold``,
+        ``(boxes (D, 4), scores (D,), labels (D,))``, scores descending. No NMS."""
+        stage = self.readout_stage if stage is None else stage
         logits, boxes = output.logits[stage], output.boxes[stage]
         batch, num_proposals, num_classes = logits.shape
         scores = logits.sigmoid().flatten(1)  # (B, P*K), proposal-major
@@ -542,7 +569,7 @@ class SparseHead(nn.Module):
         return results
 
     def predict(
-        self, output: SparseHeadOutput, image_size: int, *, stage: int = -1
+        self, output: SparseHeadOutput, image_size: int, *, stage: int | None = None
     ) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Final detections per image in head-input pixels (the same as :meth:`candidates`: no NMS)."""
         return self.candidates(output, image_size, stage=stage)

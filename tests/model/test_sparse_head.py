@@ -484,3 +484,43 @@ def test_proposal_parts_need_the_sparse_head_and_its_width():
         build_detector(narrow).losses(batch)
     with pytest.raises(KeyError, match="unknown proposal 'tubelet'"):
         build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level({"tubelet": {}})))
+
+
+def test_the_readout_stage_selects_which_supervised_stage_predicts():
+    detector = build_detector(SPARSE_TINY, single_frame=True)
+    detector.eval()
+    dataset = FakeDataset(num_samples=2)
+    batch = fake_collate([dataset[0], dataset[1]])
+    head = detector.heads["main"]
+    with torch.no_grad():
+        output = detector.forward_batch(batch)
+        raw = detector.run_head("main", output)
+        for stage in (1, 2):
+            detector.set_readout_stage(stage)
+            expected = head.candidates(raw, IMAGE_SIZE, stage=stage - 1)
+            for got, want in zip(detector.detect(output, IMAGE_SIZE), expected, strict=True):
+                for a, b in zip(got, want, strict=True):
+                    torch.testing.assert_close(a, b)
+        detector.set_readout_stage(None)
+        assert head.readout_stage == -1
+    with pytest.raises(ValueError, match=r"head_stage must lie in \[1, 2\]"):
+        detector.set_readout_stage(3)
+    dense = build_detector(dataclasses.replace(SPARSE_TINY, head=HeadConfig(channels=16, num_convs=1)))
+    with pytest.raises(ValueError, match="reads a sparse head's stage"):
+        dense.set_readout_stage(1)
+    dense.set_readout_stage(None)  # the default readout is fine for any head
+
+
+def test_the_measurement_counts_the_supports_pass_through_the_head():
+    """``harness.measure`` runs under FlopCounterMode and no_grad (the learnable proposals must not
+    enter the stages as a view of their parameter); with proposal parts the head also runs every
+    support, so its FLOPs grow with the supports."""
+    from harness.measure import measure
+
+    single = build_detector(SPARSE_TINY, single_frame=True).eval()
+    temporal = build_detector(dataclasses.replace(SPARSE_TINY, aggregation=_proposal_level())).eval()
+    base = measure(single, image_size=IMAGE_SIZE, offsets=[], warmup=1, iters=2)
+    two = measure(temporal, image_size=IMAGE_SIZE, offsets=[-5, 5], warmup=1, iters=2)
+    four = measure(temporal, image_size=IMAGE_SIZE, offsets=[-10, -5, 5, 10], warmup=1, iters=2)
+    flops = [m["frame"]["flops"] for m in (base, two, four)]
+    assert flops[0] < flops[1] < flops[2], flops
