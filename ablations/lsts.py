@@ -45,9 +45,10 @@ non-keyframe skips, so the paper's FPS ratios cannot be reproduced; the report g
 part, per keyframe, per non-keyframe and amortised, and says which speed claims (L3, L9) can be tested.
 
 Command: ``./bootstrap nox -s ablate-lsts`` (``-- --quick`` for the smoke run, ``-- --full`` for all 14
-Table 2 cells, ``-- --seeds 0 1 2``, ``-- --jobs 2``). Expected runtime on 2 CPU cores, an estimate
-from measured phase-2 rows, not a measured end-to-end run: ~45 min (``ESTIMATE`` below gives the
-parts); ``-- --quick`` ~1-2 min.
+Table 2 cells, ``-- --seeds 0 1 2``, ``-- --jobs 2``). Measured wall time of the default run from a
+fresh clone on the 2-core machine (venv, SynthVID, phase 1 and the flow net included, ``/usr/bin/time``):
+25.0 min (commit 9b3be3f) and 28.3 min (commit 849de58, with other work at lower priority beside it);
+``WALL_TIME`` below gives the parts. ``-- --quick``: ~1-2 min.
 Paper numbers: ``harness/paper_numbers.yaml`` (lsts).
 """
 
@@ -83,12 +84,11 @@ TABLE_VIDEOS = 20  # Tables 2-4 on the first val videos (a CPU budget; None = al
 TABLE_VIDEOS_QUICK = None
 DEFAULT_SEEDS = (0, 1, 2)
 FEATURE_STRIDE = 8  # the head's stride: the locations are in cells of this grid
-# Estimated wall time of the default run (see the module docstring; measured per row, extrapolated).
-ESTIMATE = (
-    "~45 min: phase 1 and flow-net pretraining ~10 min (SSVD's fresh run: 588 s); phase 2 measured on the "
-    "default preset at batch 4 (machine idle, load ~1): LSTS (g) 0.128 s/step, LSTS (a) 0.065, flow (g) "
-    "0.113, Non-Local (g) 0.069, i.e. 20-40 s per 300-step run, plus ~20 s inference, evaluation and "
-    "measurement per run; 12 rows x 3 seeds"
+# Measured wall time of the default run from a fresh clone (results/lsts/timing.txt of that run).
+WALL_TIME = (
+    "28.3 min wall from a fresh clone of 849de58 (/usr/bin/time, other work at lower priority beside it; "
+    "25.0 min for 9b3be3f): 1607 s in the study, of which phase 1 and preparations 317 s, 36 phase-2 "
+    "trainings with their inferences 1103 s, evaluation, collectors and measurement 187 s"
 )
 
 BASE = override(common.BASE, **{"phase2.steps": PHASE2_STEPS, "phase2.batch_size": PHASE2_BATCH})
