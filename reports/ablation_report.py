@@ -232,6 +232,7 @@ def what_we_learned(assessments: Sequence[Assessment]) -> list[str]:
         if not group:
             continue
         counts = {v: sum(a.verdict == v for a in group) for v in (HOLDS, FAILS, INCONCLUSIVE)}
+
         def verb(count: int, one: str, many: str) -> str:
             return f"{count} {one if count == 1 else many}"
 
@@ -569,13 +570,21 @@ def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] 
     base = study.base
     head, backbone = base.model.head, base.model.backbone
     p1, p2 = base.phase1, base.phase2
+    if head.kind == "sparse":
+        sparse = head.sparse
+        head_text = (
+            f"sparse Sparse R-CNN-style head: {sparse.num_proposals} learnable proposals, "
+            f"{sparse.num_stages} stages, width {sparse.dim}, {sparse.roi_size}x{sparse.roi_size} RoIs, "
+            f"set loss (focal {sparse.class_weight:g} / L1 {sparse.l1_weight:g} / "
+            f"GIoU {sparse.giou_weight:g}), top {head.max_detections} without NMS"
+        )
+    else:
+        head_text = (
+            f"dense one-stage FCOS-style head ({head.num_convs} convs x {head.channels} ch), "
+            f"NMS IoU {head.nms_iou}, at most {head.max_detections} boxes per frame"
+        )
     rows = [
-        {
-            "item": "detector and head",
-            "paper": str(setup.get("detector", "")),
-            "here": f"dense one-stage FCOS-style head ({head.num_convs} convs x {head.channels} ch), "
-            f"NMS IoU {head.nms_iou}, at most {head.max_detections} boxes per frame",
-        },
+        {"item": "detector and head", "paper": str(setup.get("detector", "")), "here": head_text},
         {
             "item": "backbone and widths",
             "paper": str(setup.get("backbone", "")),
@@ -617,8 +626,7 @@ def deviation_rows(study, results: pd.DataFrame, *, paper_setup: dict[str, Any] 
             {
                 "item": f"validation subset ({names})",
                 "paper": "ImageNet VID val (555 videos)" if paper_setup is not None else "",
-                "here": f"{'all' if videos is None else f'first {videos}'} {base.test.split} videos: "
-                f"{size}",
+                "here": f"{'all' if videos is None else f'first {videos}'} {base.test.split} videos: {size}",
             }
         )
     return rows

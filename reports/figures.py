@@ -27,9 +27,8 @@ def line_with_spread(
 ) -> Path:
     """Mean over seeds with a ±1 std band."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(
-        data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, label=None if hue else "harness"
-    )
+    label = {} if hue else {"label": "harness"}  # with hue, seaborn labels the lines itself
+    sns.lineplot(data=frame, x=x, y=y, hue=hue, errorbar="sd", marker="o", ax=ax, **label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
