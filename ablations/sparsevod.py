@@ -380,8 +380,7 @@ class SparseVODAblation(Ablation):
         body += self._table2(results, numbers)
         body += self._table4(results, numbers)
         body += self._table3(results)
-        table5, _ = self._table5(results, folder, quick)
-        body += table5
+        body += self._table5(results, folder, quick)
         fig4, p7 = self._fig4(folder, study, seeds)
         body += fig4
         body += [Heading("The paper's internal inconsistencies", level=3)]
@@ -508,13 +507,9 @@ class SparseVODAblation(Ablation):
             ),
         ]
 
-    def _table5(self, results: pd.DataFrame, folder: Path, quick: bool) -> tuple[list, pd.DataFrame]:
+    def _table5(self, results: pd.DataFrame, folder: Path, quick: bool) -> list:
         counts = SUPPORTS_QUICK if quick else SUPPORTS
-        frames = []
-        for n in counts:
-            subset = results[results["variant"] == support_name(n)]
-            frames.append(subset.assign(n=n))
-        data = pd.concat(frames) if frames else pd.DataFrame()
+        data = pd.concat([results[results["variant"] == support_name(n)].assign(n=n) for n in counts])
         table = summary_table(results, [support_name(n) for n in counts], columns=COCO)
         table.insert(1, "supports", list(counts))
         blocks = [
@@ -539,7 +534,7 @@ class SparseVODAblation(Ablation):
                 accuracy_label="COCO AP50",
             )
             blocks.append(Figure(path, caption="Fig. 5: COCO AP50 and ms per frame (CPU, batch 1) over n."))
-        return blocks, data
+        return blocks
 
     def _fig4(self, folder: Path, study: Study, seeds: list[int]) -> tuple[list, list]:
         shown = [FULL, SINGLE, *DENSE]
@@ -564,15 +559,12 @@ class SparseVODAblation(Ablation):
             Figure(path, caption=f"Fig. 4: {paper(NAME)['fig4']} (paper)."),
             Table(wide, caption="Mean COCO AP per IoU threshold."),
         ]
-        gains = {}
+        per_seed = curve.pivot_table(index=["seed", "iou"], columns="variant", values="ap")
+        assessments = []
         for reference in (SINGLE, DENSE_FGFA):
-            per_seed = curve.pivot_table(index=["seed", "iou"], columns="variant", values="ap")
             if FULL not in per_seed or reference not in per_seed:
                 continue
             gain = (per_seed[FULL] - per_seed[reference]).unstack("iou")
-            gains[reference] = gain
-        assessments = []
-        for reference, gain in gains.items():
             if 0.5 not in gain or 0.75 not in gain:
                 continue
             comparison = Comparison(

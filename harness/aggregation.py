@@ -631,7 +631,6 @@ class ProposalLevelAggregator(TemporalAggregator):
                 )
             built.append(part)
         self.parts = nn.ModuleList(built)
-        self.part_names = tuple((parts or {}).keys())
 
     def forward(self, ctx: TemporalContext) -> AggregationOutput:
         ctx.validate()
